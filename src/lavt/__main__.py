@@ -1,0 +1,3 @@
+from lavt.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,13 @@
+"""`lavt data` (placeholder: filled in by its issue)."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="(not yet implemented)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    raise SystemExit("lavt data: not implemented yet")
