@@ -1,0 +1,150 @@
+"""The language-aware visual encoder: Swin stages with PWAM fusion and the gated language
+pathway after every stage (paper section 3, Fig. 2)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from lavt.models.config import LAVTConfig
+from lavt.models.fusion import LanguageGate, build_fusion
+from lavt.models.swin import PatchEmbed, PatchMerging, SwinBlock, shift_mask
+
+
+class MultiModalStage(nn.Module):
+    """Swin blocks, then fusion: F = PWAM(V, L); E = V + S * F (the language pathway, Eq. 4-5),
+    then patch merging of E. Returns (decoder feature, next stage input, sizes)."""
+
+    def __init__(self, cfg: LAVTConfig, i: int, drop_path: list[float]) -> None:
+        super().__init__()
+        dim = cfg.stage_dims[i]
+        self.window = cfg.window_size
+        self.shift = cfg.window_size // 2
+        self.use_checkpoint = cfg.use_checkpoint
+        self.language_pathway = cfg.language_pathway
+        self.decoder_reads_gated = cfg.decoder_features == "gated"
+        self.blocks = nn.ModuleList(
+            SwinBlock(
+                dim,
+                cfg.num_heads[i],
+                cfg.window_size,
+                0 if j % 2 == 0 else cfg.window_size // 2,
+                cfg.mlp_ratio,
+                cfg.qkv_bias,
+                drop_path[j],
+                cfg.norm_eps,
+            )
+            for j in range(cfg.depths[i])
+        )
+        self.fusion = (
+            build_fusion(cfg.fusion, dim, cfg.text_dim, cfg.pwam_heads[i], cfg.pwam_dropout, cfg.pwam_norm)
+            if cfg.pwam_stages[i]
+            else None
+        )
+        has_gate = self.fusion is not None and cfg.language_pathway and cfg.gate_activation != "none"
+        self.res_gate = LanguageGate(dim, cfg.gate_activation) if has_gate else None
+        last = i == cfg.num_stages - 1
+        self.downsample = None if last else PatchMerging(dim, cfg.norm_eps)
+        self._masks: dict[tuple[int, int, str], torch.Tensor] = {}
+
+    def _shift_mask(self, h: int, w: int, device: torch.device) -> torch.Tensor | None:
+        if not any(blk.shift for blk in self.blocks):
+            return None
+        hp = -(-h // self.window) * self.window
+        wp = -(-w // self.window) * self.window
+        key = (hp, wp, str(device))
+        mask = self._masks.get(key)
+        if mask is None:
+            mask = shift_mask(hp, wp, self.window, self.shift, device)
+            self._masks[key] = mask
+        return mask
+
+    def forward_blocks(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        """The text-independent part: the Swin blocks of this stage."""
+        mask = self._shift_mask(hw[0], hw[1], x.device)
+        for blk in self.blocks:
+            if self.use_checkpoint and x.requires_grad:
+                x = checkpoint(blk, x, hw, mask, use_reentrant=False)
+            else:
+                x = blk(x, hw, mask)
+        return x
+
+    def forward_fusion(
+        self, x: torch.Tensor, l: torch.Tensor, l_mask: torch.Tensor, need_next: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (feature for the decoder, E for the next stage).
+
+        `need_next=False` (last stage, decoder reading F) skips the gate nobody reads.
+        """
+        if self.fusion is None:
+            return x, x
+        f = self.fusion(x, l, l_mask)
+        if not need_next and not self.decoder_reads_gated:
+            return f, x
+        if not self.language_pathway:
+            e = x
+        elif self.res_gate is None:
+            e = x + f
+        else:
+            e = x + self.res_gate(f) * f
+        return (e if self.decoder_reads_gated else f), e
+
+
+class MultiModalSwin(nn.Module):
+    """Swin backbone with language fusion; returns the four decoder features, each normalised by
+    its `norm{i}` LayerNorm, as (B, C_i, H_i, W_i)."""
+
+    def __init__(self, cfg: LAVTConfig) -> None:
+        super().__init__()
+        self.num_stages = cfg.num_stages
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, cfg.embed_dim, cfg.norm_eps)
+        total = sum(cfg.depths)
+        dpr = [cfg.drop_path_rate * k / (total - 1) if total > 1 else 0.0 for k in range(total)]
+        self.layers = nn.ModuleList()
+        start = 0
+        for i in range(cfg.num_stages):
+            self.layers.append(MultiModalStage(cfg, i, dpr[start : start + cfg.depths[i]]))
+            start += cfg.depths[i]
+        for i, dim in enumerate(cfg.stage_dims):
+            self.add_module(f"norm{i}", nn.LayerNorm(dim, eps=cfg.norm_eps))
+        self.apply(_init_weights)
+
+    def stem(self, image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Text-independent start: patch embedding and the stage-1 Swin blocks.
+
+        Everything before the first fusion depends on the image alone, so evaluation of many
+        expressions on one image can compute it once and expand it (see `forward_from_stem`).
+        """
+        x, hw = self.patch_embed(image)
+        return self.layers[0].forward_blocks(x, hw), hw
+
+    def forward_from_stem(
+        self, x: torch.Tensor, hw: tuple[int, int], l: torch.Tensor, l_mask: torch.Tensor
+    ) -> list[torch.Tensor]:
+        outs = []
+        for i, layer in enumerate(self.layers):
+            if i > 0:
+                x = layer.forward_blocks(x, hw)
+            feat, x = layer.forward_fusion(x, l, l_mask, need_next=layer.downsample is not None)
+            feat = getattr(self, f"norm{i}")(feat)
+            outs.append(feat.transpose(1, 2).reshape(feat.shape[0], -1, hw[0], hw[1]))
+            if layer.downsample is not None:
+                x = layer.downsample(x, hw)
+                hw = ((hw[0] + 1) // 2, (hw[1] + 1) // 2)
+        return outs
+
+    def forward(self, image: torch.Tensor, l: torch.Tensor, l_mask: torch.Tensor) -> list[torch.Tensor]:
+        """image (B,3,H,W); l (B,N,C_l) language features; l_mask (B,N) 1 on words."""
+        x, hw = self.stem(image)
+        return self.forward_from_stem(x, hw, l, l_mask)
+
+
+def _init_weights(m: nn.Module) -> None:
+    # Swin's initialisation: truncated normal linears, zero biases, unit LayerNorms.
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)

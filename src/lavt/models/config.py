@@ -1,0 +1,172 @@
+"""Model configuration: one dataclass, serialised as config.json, and named presets.
+
+Defaults are the official LAVT behaviour; every ablation of the paper (MISSION.md section 6)
+is a field here, so an ablation is a config change, never a code change.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from lavt.errors import LAVTUserError
+
+GATE_ACTIVATIONS = ("tanh", "sigmoid", "none")
+PWAM_NORMS = ("instance", "layer", "none")
+DECODER_FEATURES = ("multimodal", "gated")
+FUSIONS = ("pwam", "cross_attention")
+
+
+@dataclass
+class LAVTConfig:
+    """Everything needed to rebuild a LAVT model.
+
+    Swin: `embed_dim`, `depths`, `num_heads`, `window_size`, `patch_size`, `mlp_ratio`,
+    `qkv_bias`, `drop_path_rate`, `norm_eps`.
+    Fusion (one entry per stage): `pwam_heads`, `pwam_stages` (PWAM on/off), `pwam_dropout`,
+    `pwam_norm` (instance | layer | none), `fusion` (pwam | cross_attention).
+    Language pathway: `language_pathway` (E_i = V_i + S_i * F_i on/off), `gate_activation`
+    (tanh | sigmoid | none = plain sum).
+    Decoder: `decoder_features` (multimodal F_i, the official choice, or gated E_i),
+    `decoder_hidden` (None = 4 * embed_dim), `num_classes`.
+    Text: `text_dim` (language feature width), `text_encoder` (a BertConfig dict, or None when
+    the text features come from outside the model as in the official `lavt`), `max_tokens`.
+    `image_size` is the square input side used by training and prediction.
+    """
+
+    embed_dim: int = 128
+    depths: tuple[int, ...] = (2, 2, 18, 2)
+    num_heads: tuple[int, ...] = (4, 8, 16, 32)
+    window_size: int = 12
+    patch_size: int = 4
+    in_chans: int = 3
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    drop_path_rate: float = 0.3
+    norm_eps: float = 1e-5
+    pwam_heads: tuple[int, ...] = (1, 1, 1, 1)
+    pwam_stages: tuple[bool, ...] = (True, True, True, True)
+    pwam_dropout: float = 0.0
+    pwam_norm: str = "instance"
+    fusion: str = "pwam"
+    language_pathway: bool = True
+    gate_activation: str = "tanh"
+    decoder_features: str = "multimodal"
+    decoder_hidden: int | None = None
+    num_classes: int = 2
+    text_dim: int = 768
+    text_encoder: dict[str, Any] | None = None
+    max_tokens: int = 20
+    image_size: int = 480
+    use_checkpoint: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("depths", "num_heads", "pwam_heads", "pwam_stages"):
+            setattr(self, name, tuple(getattr(self, name)))
+        self.pwam_stages = tuple(bool(s) for s in self.pwam_stages)
+        self.validate()
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.depths)
+
+    @property
+    def stage_dims(self) -> tuple[int, ...]:
+        return tuple(self.embed_dim * 2**i for i in range(self.num_stages))
+
+    @property
+    def hidden_dim(self) -> int:
+        return self.decoder_hidden if self.decoder_hidden is not None else 4 * self.embed_dim
+
+    def validate(self) -> None:
+        n = len(self.depths)
+
+        def bad(msg: str) -> None:
+            raise LAVTUserError(f"invalid model configuration: {msg}")
+
+        if n != 4:
+            bad(f"depths must list 4 stages (the decoder fuses four scales), got {n}")
+        for name in ("num_heads", "pwam_heads", "pwam_stages"):
+            if len(getattr(self, name)) != n:
+                bad(f"{name} has {len(getattr(self, name))} entries but depths has {n} stages")
+        if self.embed_dim <= 0 or self.window_size <= 0 or self.patch_size <= 0:
+            bad("embed_dim, window_size and patch_size must be positive")
+        for i, (dim, h) in enumerate(zip(self.stage_dims, self.num_heads)):
+            if h <= 0 or dim % h:
+                bad(f"stage {i + 1}: width {dim} is not divisible by num_heads {h}")
+        for i, (dim, h) in enumerate(zip(self.stage_dims, self.pwam_heads)):
+            if h <= 0 or dim % h:
+                bad(f"stage {i + 1}: width {dim} is not divisible by pwam_heads {h}")
+        if self.gate_activation not in GATE_ACTIVATIONS:
+            bad(f"gate_activation {self.gate_activation!r} is not one of {GATE_ACTIVATIONS}")
+        if self.pwam_norm not in PWAM_NORMS:
+            bad(f"pwam_norm {self.pwam_norm!r} is not one of {PWAM_NORMS}")
+        if self.decoder_features not in DECODER_FEATURES:
+            bad(f"decoder_features {self.decoder_features!r} is not one of {DECODER_FEATURES}")
+        if self.fusion not in FUSIONS:
+            bad(f"fusion {self.fusion!r} is not one of {FUSIONS}")
+        if not 0.0 <= self.drop_path_rate < 1.0 or not 0.0 <= self.pwam_dropout < 1.0:
+            bad("drop_path_rate and pwam_dropout must lie in [0, 1)")
+        if self.num_classes < 2:
+            bad("num_classes must be at least 2")
+        if self.text_encoder is not None:
+            width = int(self.text_encoder.get("hidden_size", self.text_dim))
+            if width != self.text_dim:
+                bad(f"text_dim {self.text_dim} differs from the text encoder's hidden_size {width}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LAVTConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known - {"model_type", "lavt_version"})
+        if unknown:
+            raise LAVTUserError(
+                f"unknown model configuration keys {unknown}; known keys are {sorted(known)}"
+            )
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# name -> (embed_dim, depths, num_heads): the official swin_type choices.
+SWIN_PRESETS: dict[str, tuple[int, tuple[int, ...], tuple[int, ...]]] = {
+    "tiny": (96, (2, 2, 6, 2), (3, 6, 12, 24)),
+    "small": (96, (2, 2, 18, 2), (3, 6, 12, 24)),
+    "base": (128, (2, 2, 18, 2), (4, 8, 16, 32)),
+    "large": (192, (2, 2, 18, 2), (6, 12, 24, 48)),
+}
+
+
+def build_config(preset: str = "base", **overrides: Any) -> LAVTConfig:
+    """A configuration from a Swin preset (tiny/small/base/large) plus field overrides.
+
+    The released LAVT weights are `build_config("base", window_size=12)` with BERT-base.
+    """
+    if preset not in SWIN_PRESETS:
+        raise LAVTUserError(f"unknown preset {preset!r}; choose one of {sorted(SWIN_PRESETS)}")
+    embed_dim, depths, heads = SWIN_PRESETS[preset]
+    base: dict[str, Any] = dict(embed_dim=embed_dim, depths=depths, num_heads=heads)
+    base.update(overrides)
+    return LAVTConfig(**base)
+
+
+BERT_BASE_UNCASED: dict[str, Any] = dict(
+    vocab_size=30522,
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    intermediate_size=3072,
+    hidden_act="gelu",
+    hidden_dropout_prob=0.1,
+    attention_probs_dropout_prob=0.1,
+    max_position_embeddings=512,
+    type_vocab_size=2,
+    layer_norm_eps=1e-12,
+    pad_token_id=0,
+    initializer_range=0.02,
+)

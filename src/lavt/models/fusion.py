@@ -1,0 +1,142 @@
+"""Language fusion after each Swin stage: PWAM (paper section 3.2), the language gate and the
+language pathway (section 3.3), and a standard cross-attention alternative for the ablation.
+
+Layout: everything works on channels-last tokens (B, HW, C). The official code stores its
+1x1 projections as `nn.Conv1d` on channels-first tensors; we keep `Conv1d` parameters (so the
+state_dict is the official one, key for key and shape for shape) but apply them as linear maps
+on channels-last tensors, which saves four permute copies per stage.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class PointwiseConv(nn.Conv1d):
+    """A kernel-1 Conv1d applied to channels-last input (..., C_in) -> (..., C_out)."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__(c_in, c_out, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return F.linear(x, self.weight.squeeze(-1), self.bias)
+
+
+class SpatialNorm(nn.Module):
+    """Instance normalisation over the pixels of each channel (InstanceNorm1d, no affine) on
+    channels-last tokens, or LayerNorm over channels, or nothing: the PWAM norm ablation."""
+
+    def __init__(self, kind: str, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.kind = kind
+        self.eps = eps
+        # The official InstanceNorm1d has no parameters; the LayerNorm variant gets its own.
+        self.ln = nn.LayerNorm(dim, eps=eps) if kind == "layer" else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "instance":
+            # Statistics in float32 even under autocast: a sum over thousands of pixels.
+            xf = x.float()
+            var, mean = torch.var_mean(xf, dim=1, keepdim=True, correction=0)
+            return ((xf - mean) * torch.rsqrt(var + self.eps)).to(x.dtype)
+        if self.kind == "layer":
+            return self.ln(x)
+        return x
+
+
+class _Sequential1(nn.Sequential):
+    """`Sequential(conv, norm)` whose index-0 name reproduces official keys like `f_query.0.weight`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        for m in self:
+            x = m(x)
+        return x
+
+
+class PixelWordAttention(nn.Module):
+    """Eq. (1)-(3): every pixel attends over the words; gives position-specific language features G.
+
+    query = Norm(W_q V), key/value = W_k L, W_v L with padding words zeroed, attention scaled by
+    key_channels^-0.5 (the full width, also with several heads, as in the official code), padding
+    words get -1e4, output W_o(.) followed by Norm.
+    """
+
+    def __init__(self, v_dim: int, l_dim: int, key_dim: int, value_dim: int, heads: int, norm: str) -> None:
+        super().__init__()
+        self.heads = heads
+        self.key_dim = key_dim
+        self.value_dim = value_dim
+        self.f_key = _Sequential1(PointwiseConv(l_dim, key_dim))
+        self.f_query = _Sequential1(PointwiseConv(v_dim, key_dim), SpatialNorm(norm, key_dim))
+        self.f_value = _Sequential1(PointwiseConv(l_dim, value_dim))
+        self.W = _Sequential1(PointwiseConv(value_dim, value_dim), SpatialNorm(norm, value_dim))
+
+    def forward(self, x: torch.Tensor, l: torch.Tensor, l_mask: torch.Tensor) -> torch.Tensor:
+        """x: (B, HW, Cv); l: (B, N, Cl); l_mask: (B, N) 1 = word, 0 = padding. -> (B, HW, Cv)."""
+        b, hw, _ = x.shape
+        n = l.shape[1]
+        h = self.heads
+        m = l_mask.to(l.dtype).unsqueeze(-1)  # B, N, 1
+        q = self.f_query(x).view(b, hw, h, -1).transpose(1, 2)  # B, h, HW, d
+        k = (self.f_key(l) * m).view(b, n, h, -1).transpose(1, 2)  # B, h, N, d
+        v = (self.f_value(l) * m).view(b, n, h, -1).transpose(1, 2)
+        bias = (1e4 * l_mask.to(q.dtype) - 1e4).view(b, 1, 1, n)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.key_dim**-0.5)
+        out = out.transpose(1, 2).reshape(b, hw, self.value_dim)
+        return self.W(out)
+
+
+class PWAM(nn.Module):
+    """Pixel-word attention module: F = proj_mm(GELU(W_v V) * G), with G from PixelWordAttention."""
+
+    def __init__(self, dim: int, l_dim: int, heads: int = 1, dropout: float = 0.0, norm: str = "instance") -> None:
+        super().__init__()
+        self.vis_project = _Sequential1(PointwiseConv(dim, dim), nn.GELU(), nn.Dropout(dropout))
+        self.image_lang_att = PixelWordAttention(dim, l_dim, dim, dim, heads, norm)
+        self.project_mm = _Sequential1(PointwiseConv(dim, dim), nn.GELU(), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor, l: torch.Tensor, l_mask: torch.Tensor) -> torch.Tensor:
+        vis = self.vis_project(x)
+        lang = self.image_lang_att(x, l, l_mask)
+        return self.project_mm(vis * lang)
+
+
+class CrossAttentionFusion(nn.Module):
+    """Ablation: standard multi-head cross-attention of pixels over words (Transformer-decoder
+    style, per-head scaling, output projection), then the same GELU projection as PWAM's
+    output. Replaces PWAM's element-wise multimodal product by the attended language itself."""
+
+    def __init__(self, dim: int, l_dim: int, heads: int = 1, dropout: float = 0.0, norm: str = "instance") -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.LayerNorm(dim)
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(l_dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.project_mm = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor, l: torch.Tensor, l_mask: torch.Tensor) -> torch.Tensor:
+        b, hw, c = x.shape
+        n = l.shape[1]
+        h = self.heads
+        q = self.q(self.norm(x)).view(b, hw, h, -1).transpose(1, 2)
+        k, v = self.kv(l).view(b, n, 2, h, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        keep = l_mask.bool().view(b, 1, 1, n)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+        out = self.out(out.transpose(1, 2).reshape(b, hw, c))
+        return self.project_mm(x + out)
+
+
+class LanguageGate(nn.Sequential):
+    """Eq. (4): S = act(W2 ReLU(W1 F)), two bias-free linears. Keys `res_gate.0/2.weight`."""
+
+    def __init__(self, dim: int, activation: str = "tanh") -> None:
+        act = nn.Tanh() if activation == "tanh" else nn.Sigmoid()
+        super().__init__(nn.Linear(dim, dim, bias=False), nn.ReLU(), nn.Linear(dim, dim, bias=False), act)
+
+
+def build_fusion(kind: str, dim: int, l_dim: int, heads: int, dropout: float, norm: str) -> nn.Module:
+    if kind == "pwam":
+        return PWAM(dim, l_dim, heads, dropout, norm)
+    return CrossAttentionFusion(dim, l_dim, heads, dropout, norm)

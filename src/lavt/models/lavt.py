@@ -1,0 +1,217 @@
+"""LAVT: the language-aware Swin encoder, the light decoder and (optionally) the text encoder.
+
+One class serves both official variants: `lavt` (BERT kept outside the segmentation model,
+text features passed in) and `lavt_one` (BERT inside as `text_encoder`). The state_dict uses
+the official key names, so official weights load without renaming.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lavt.errors import LAVTUserError
+from lavt.models.backbone import MultiModalSwin
+from lavt.models.config import LAVTConfig
+from lavt.models.decoder import SimpleDecoding
+from lavt.models.text_encoder import build_text_encoder
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class LAVT(nn.Module):
+    """Referring image segmentation model.
+
+    Call `model(image, input_ids=..., attention_mask=...)` when it holds a text encoder, or
+    `model(image, text_features=..., text_mask=...)` with features from any encoder. The image
+    is (B, 3, H, W), ImageNet-normalised; the result is logits (B, 2, H, W) at the input size
+    (class 1 = the referred object).
+    """
+
+    def __init__(self, config: LAVTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = MultiModalSwin(config)
+        self.classifier = SimpleDecoding(config.stage_dims, config.hidden_dim, config.num_classes)
+        self.text_encoder = build_text_encoder(config.text_encoder) if config.text_encoder else None
+
+    # ------------------------------------------------------------------ inputs
+    def _check_image(self, image: torch.Tensor) -> None:
+        if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[1] != self.config.in_chans:
+            shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+            raise ValueError(f"image must be a (B, {self.config.in_chans}, H, W) tensor, got {shape}")
+        if not image.is_floating_point():
+            raise ValueError(f"image must be a floating-point tensor (normalised pixels), got {image.dtype}")
+
+    def _check_text(
+        self,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        text_features: torch.Tensor | None,
+        text_mask: torch.Tensor | None,
+    ) -> int:
+        """Validates one of the two text inputs; returns its batch size."""
+        if (input_ids is None) == (text_features is None):
+            raise ValueError("give either input_ids/attention_mask or text_features/text_mask, not both or neither")
+        if input_ids is not None:
+            if self.text_encoder is None:
+                raise ValueError(
+                    "this model has no text encoder: pass text_features (B, N, C) and text_mask (B, N)"
+                )
+            if input_ids.ndim != 2 or input_ids.is_floating_point():
+                raise ValueError(f"input_ids must be an integer (B, N) tensor, got {input_ids.dtype} {tuple(input_ids.shape)}")
+            if attention_mask is None or attention_mask.shape != input_ids.shape:
+                got = None if attention_mask is None else tuple(attention_mask.shape)
+                raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, got {got}")
+            if input_ids.shape[1] > self.text_encoder.config.max_position_embeddings:
+                raise ValueError(
+                    f"{input_ids.shape[1]} tokens exceed the text encoder's "
+                    f"{self.text_encoder.config.max_position_embeddings} positions"
+                )
+            return input_ids.shape[0]
+        assert text_features is not None
+        if text_features.ndim != 3 or not text_features.is_floating_point():
+            raise ValueError(f"text_features must be a float (B, N, C) tensor, got {text_features.dtype} {tuple(text_features.shape)}")
+        if text_features.shape[2] != self.config.text_dim:
+            raise ValueError(
+                f"text_features have {text_features.shape[2]} channels but the model expects "
+                f"{self.config.text_dim} (shape (B, N, C), channels last)"
+            )
+        if text_mask is None or tuple(text_mask.shape) != tuple(text_features.shape[:2]):
+            got = None if text_mask is None else tuple(text_mask.shape)
+            raise ValueError(f"text_mask must be (B, N) = {tuple(text_features.shape[:2])}, got {got}")
+        return text_features.shape[0]
+
+    # ------------------------------------------------------------------ forward
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, N) -> language features L (B, N, C): the encoder's last hidden state."""
+        if self.text_encoder is None:
+            raise ValueError("this model has no text encoder")
+        return self.text_encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
+
+    def _language(
+        self,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        text_features: torch.Tensor | None,
+        text_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if input_ids is not None:
+            assert attention_mask is not None
+            return self.encode_text(input_ids, attention_mask), attention_mask
+        assert text_features is not None and text_mask is not None
+        return text_features, text_mask
+
+    def _decode(self, feats: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        logits = self.classifier(feats)
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
+
+    def forward(
+        self,
+        image: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        text_features: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        self._check_image(image)
+        n = self._check_text(input_ids, attention_mask, text_features, text_mask)
+        if n != image.shape[0]:
+            raise ValueError(f"batch sizes differ: {image.shape[0]} images but {n} expressions")
+        l, m = self._language(input_ids, attention_mask, text_features, text_mask)
+        feats = self.backbone(image, l, m)
+        return self._decode(feats, tuple(image.shape[-2:]))
+
+    def features(
+        self,
+        image: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        text_features: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+    ) -> list[torch.Tensor]:
+        """The four normalised decoder inputs [F1..F4], each (B, C_i, H_i, W_i)."""
+        self._check_image(image)
+        self._check_text(input_ids, attention_mask, text_features, text_mask)
+        l, m = self._language(input_ids, attention_mask, text_features, text_mask)
+        return self.backbone(image, l, m)
+
+    def segment_expressions(
+        self,
+        image: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        text_features: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One image, E expressions -> logits (E, 2, H, W), equal to E separate forwards.
+
+        The text-independent stem (patch embedding and stage-1 blocks) runs once and is shared
+        by all expressions: the evaluation protocol's many expressions per image get cheaper.
+        """
+        if image.ndim == 3:
+            image = image.unsqueeze(0)
+        self._check_image(image)
+        if image.shape[0] != 1:
+            raise ValueError(f"segment_expressions takes one image, got a batch of {image.shape[0]}")
+        n = self._check_text(input_ids, attention_mask, text_features, text_mask)
+        l, m = self._language(input_ids, attention_mask, text_features, text_mask)
+        x, hw = self.backbone.stem(image)
+        feats = self.backbone.forward_from_stem(x.expand(n, -1, -1), hw, l, m)
+        return self._decode(feats, tuple(image.shape[-2:]))
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, folder: str | Path, tokenizer: Any = None) -> Path:
+        """Write config.json + model.safetensors (and the tokenizer's files when given)."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        cfg = {"model_type": "lavt", **self.config.to_dict()}
+        (folder / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder)
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> "LAVT":
+        """Rebuild a model written by `save_pretrained` (strict load)."""
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+        if not folder.is_dir():
+            raise LAVTUserError(f"{folder} is not a folder; give a folder written by save_pretrained or `lavt convert`")
+        if not cfg_path.is_file() or not w_path.is_file():
+            raise LAVTUserError(
+                f"{folder} is not a LAVT model folder: it needs {CONFIG_NAME} and {WEIGHTS_NAME} "
+                "(write one with save_pretrained or `lavt convert OFFICIAL.pth OUT_DIR`)"
+            )
+        try:
+            raw = json.loads(cfg_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise LAVTUserError(f"{cfg_path} is not valid JSON: {exc}") from exc
+        if not isinstance(raw, dict) or raw.get("model_type") != "lavt":
+            raise LAVTUserError(f"{cfg_path} does not describe a LAVT model (model_type is not 'lavt')")
+        model = cls(LAVTConfig.from_dict(raw))
+        try:
+            state = load_file(str(w_path), device=str(map_location))
+        except Exception as exc:  # safetensors raises its own error types for corrupt files
+            raise LAVTUserError(f"{w_path} could not be read as safetensors: {exc}") from exc
+        from lavt.models.official import load_state_strict
+
+        load_state_strict(model, state, source=str(w_path))
+        return model.eval()
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
