@@ -157,3 +157,23 @@ def test_swin_initialisation_from_microsoft_checkpoint(tmp_path):
     assert table.shape == (49, 1)  # (2*4-1)^2 rows after resizing from 169
     with pytest.raises(LAVTUserError, match="not a Swin checkpoint"):
         load_swin_pretrained(model, {"model": {"foo": torch.zeros(1)}})
+
+
+def test_convert_cli(golden_dir, tmp_path, capsys):
+    from lavt.cli import main
+
+    d = torch.load(golden_dir / "lavt_one_tiny.pt", weights_only=True)
+    src = tmp_path / "official.pth"
+    torch.save({"model": d["state_dict"], "epoch": 1}, src)
+    out = tmp_path / "converted"
+    assert main(["convert", str(src), str(out), "--pwam-heads", "1-2-2-4"]) == 0
+    assert "window 7" in capsys.readouterr().out
+    assert (out / "vocab.txt").is_file() and (out / "config.json").is_file()
+    model = LAVT.from_pretrained(out)
+    with torch.no_grad():
+        logits = model(d["image"], d["input_ids"], d["attention_mask"])
+    torch.testing.assert_close(logits, d["logits"], atol=5e-5, rtol=0)
+    assert main(["convert", str(src), str(out)]) == 2  # refuses to overwrite
+    assert "not empty" in capsys.readouterr().err
+    assert main(["convert", str(src), str(tmp_path / "x"), "--pwam-heads", "1-2"]) == 2
+    assert "--pwam-heads" in capsys.readouterr().err

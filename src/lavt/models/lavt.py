@@ -178,6 +178,8 @@ class LAVT(nn.Module):
         cfg = {"model_type": "lavt", **self.config.to_dict()}
         (folder / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        if self.config.text_encoder_weights:  # frozen encoder stored elsewhere: keep the file small
+            state = {k: v for k, v in state.items() if not k.startswith("text_encoder.")}
         save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
         if tokenizer is not None:
             tokenizer.save_pretrained(folder)
@@ -210,8 +212,23 @@ class LAVT(nn.Module):
             raise LAVTUserError(f"{w_path} could not be read as safetensors: {exc}") from exc
         from lavt.models.official import load_state_strict
 
+        if model.config.text_encoder_weights and not any(k.startswith("text_encoder.") for k in state):
+            model.load_text_encoder_weights()
+            state.update({f"text_encoder.{k}": v for k, v in model.text_encoder.state_dict().items()})
         load_state_strict(model, state, source=str(w_path))
         return model.eval()
+
+    def load_text_encoder_weights(self) -> None:
+        """Fill the text encoder from `config.text_encoder_weights` and freeze it."""
+        from lavt.models.official import load_state_strict
+        from lavt.models.text_encoder import load_text_encoder, resolve_text_encoder_weights
+
+        if self.text_encoder is None or not self.config.text_encoder_weights:
+            raise ValueError("this model has no externally stored text encoder")
+        folder = resolve_text_encoder_weights(self.config.text_encoder_weights)
+        pretrained = load_text_encoder(folder)
+        load_state_strict(self.text_encoder, pretrained.state_dict(), source=f"text encoder {folder}")
+        self.text_encoder.requires_grad_(False)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -50,7 +50,27 @@ def load_text_encoder(folder: str | Path) -> nn.Module:
             f"{folder} is not a Hugging Face model folder (no config.json); give the folder "
             "that holds config.json and model.safetensors/pytorch_model.bin"
         )
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the pooler we drop on purpose is not worth a report
+    hf_logging.disable_progress_bar()
     try:
         return BertModel.from_pretrained(str(folder), add_pooling_layer=False, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise LAVTUserError(f"could not load a BERT text encoder from {folder}: {exc}") from exc
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+
+
+PACKAGED_MINILM = "minilm"
+
+
+def resolve_text_encoder_weights(ref: str) -> Path:
+    """The folder behind a `text_encoder_weights` reference ("minilm" or a path)."""
+    if ref == PACKAGED_MINILM:
+        from lavt.data.tokenization import default_text_encoder_dir
+
+        return default_text_encoder_dir()
+    return Path(ref)
