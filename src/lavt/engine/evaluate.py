@@ -1,0 +1,260 @@
+"""Evaluation: every expression of a split, scored under two protocols side by side.
+
+- `official`: the official test.py protocol. The prediction is the argmax of the logits at
+  the model's square input size (480x480 for the released models) and is compared with the
+  ground-truth mask resized to that square (nearest).
+- `original`: the protocol of later work (CRIS, CGFormer, LISA, EVF-SAM). The logits are
+  resized bilinearly to the image's original height and width and then argmax-ed, and
+  compared with the mask at the original resolution. `align_corners=False` because the
+  input square is itself a half-pixel-centred resize of the original image.
+
+All expressions of one image go through the model in one batch (`ReferImageGroups`), and
+the text-independent stem runs once per image (`LAVT.segment_expressions`); the numbers are
+those of one forward per expression. Under torchrun each process scores a share of the
+images and the sums are all-reduced, so the totals are exact.
+"""
+from __future__ import annotations
+
+import heapq
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from lavt.engine.config import EvalConfig
+from lavt.engine.distributed import DistEnv, all_gather_objects, cleanup, init_distributed
+from lavt.engine.train import ShardSampler, autocast_context
+from lavt.errors import LAVTUserError
+from lavt.metrics import ReferringMetrics
+
+PROTOCOLS: dict[str, str] = {
+    "official": "argmax at the model's square input size vs the ground truth resized to it (nearest), as the official test.py",
+    "original": "logits resized bilinearly (align_corners=False) to the original image size, argmax, vs the original mask",
+}
+
+
+@dataclass
+class EvalResult:
+    """Scores per protocol, counts, and the JSON-ready report."""
+
+    metrics: dict[str, dict[str, float]]
+    counts: dict[str, int]
+    report: dict[str, Any]
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
+@torch.no_grad()
+def score_image_group(
+    model: torch.nn.Module,
+    group: dict[str, Any],
+    device: torch.device,
+    max_batch: int = 64,
+    precision: str = "fp32",
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]], list[np.ndarray]]:
+    """All expressions of one image: (I, U) at the square size, (I, U) at the original size,
+    and the predicted masks at the original size (bool (H,W) each)."""
+    image = group["image"].to(device)[None]
+    ids, mask = group["input_ids"].to(device), group["attention_mask"].to(device)
+    gts = group["masks"].to(device)
+    origs = group["orig_masks"]
+    n = ids.shape[0]
+    square: list[tuple[int, int]] = []
+    original: list[tuple[int, int]] = []
+    preds: list[np.ndarray] = []
+    segment = getattr(model, "segment_expressions", None)
+    for s in range(0, n, max_batch):
+        e = min(n, s + max_batch)
+        with autocast_context(precision, device):
+            if segment is not None:
+                logits = segment(image, ids[s:e], mask[s:e])
+            else:
+                logits = model(image.expand(e - s, -1, -1, -1), ids[s:e], mask[s:e])
+        logits = logits.float()
+        pred = logits.argmax(1).bool()
+        gt = gts[s:e].bool()
+        square += list(zip((pred & gt).flatten(1).sum(1).tolist(), (pred | gt).flatten(1).sum(1).tolist()))
+        h, w = origs[s].shape[-2:]
+        up = F.interpolate(logits, size=(int(h), int(w)), mode="bilinear", align_corners=False).argmax(1).bool()
+        og = torch.stack([torch.as_tensor(m) for m in origs[s:e]]).to(device).bool()
+        original += list(zip((up & og).flatten(1).sum(1).tolist(), (up | og).flatten(1).sum(1).tolist()))
+        preds += list(up.cpu().numpy())
+    return square, original, preds
+
+
+def evaluate(config: EvalConfig, loaded: Any = None) -> EvalResult:
+    """Score a model on a split under both protocols; write the JSON/JSONL/overlays the
+    config asks for (main process). `loaded` may be a `LoadedModel` already in memory."""
+    config.validate(check_paths=loaded is None)
+    env = init_distributed(config.device)
+    try:
+        return _run(config, env, loaded)
+    finally:
+        cleanup(env)
+
+
+def _run(config: EvalConfig, env: DistEnv, loaded: Any) -> EvalResult:
+    from lavt.data import ReferImageGroups
+    from lavt.engine.loading import check_vocabulary, default_tokenizer, load_model
+
+    t0 = time.time()
+    if config.precision == "fp16" and env.device.type != "cuda":
+        raise LAVTUserError("precision fp16 needs a CUDA device; use bf16 or fp32 on a CPU")
+    if loaded is None:
+        loaded = load_model(config.checkpoint, env.device)
+    model = loaded.model.to(env.device).eval()
+    if config.tokenizer:
+        from lavt.data.tokenization import ExpressionTokenizer
+
+        tokenizer = ExpressionTokenizer.from_pretrained(config.tokenizer, max_tokens=model.config.max_tokens)
+        check_vocabulary(model, tokenizer)
+    else:
+        tokenizer = loaded.tokenizer or default_tokenizer(model)
+    image_size = config.image_size or model.config.image_size
+    split_by = config.resolved_split_by
+    ds = ReferImageGroups(
+        config.data_root, config.dataset, split_by, config.split, tokenizer=tokenizer,
+        image_size=image_size, mask_mode=config.mask_mode, max_images=config.max_images,
+    )
+    loader = DataLoader(ds, batch_size=None, sampler=ShardSampler(len(ds), env.rank, env.world_size), num_workers=config.num_workers)
+
+    official, original = ReferringMetrics(), ReferringMetrics()
+    records: list[dict[str, Any]] = []
+    # The num_worst lowest IoUs (original resolution): a heap keyed on -IoU keeps the best of
+    # them at the root, ready to be replaced. Items: (-IoU, order, record, packed mask, shape).
+    worst: list[tuple] = []
+    keep_preds = bool(config.overlays)
+    bar = None
+    if config.progress and env.is_main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(loader), desc=f"{config.dataset} {config.split}", dynamic_ncols=True, leave=False)
+    counter = 0
+    for group in loader:
+        sq, og, preds = score_image_group(model, group, env.device, config.max_batch, config.precision)
+        for k, ((i1, u1), (i2, u2)) in enumerate(zip(sq, og)):
+            iou1, iou2 = official.add(i1, u1), original.add(i2, u2)
+            rec = {
+                "image_id": int(group["image_id"]), "ref_id": int(group["ref_ids"][k]), "sent_id": int(group["sent_ids"][k]),
+                "expression": group["expressions"][k],
+                "official": {"I": i1, "U": u1, "IoU": iou1}, "original": {"I": i2, "U": u2, "IoU": iou2},
+            }
+            records.append(rec)
+            if keep_preds:
+                item = (-iou2, counter, rec, np.packbits(preds[k]), preds[k].shape)
+                counter += 1
+                if len(worst) < config.num_worst:
+                    heapq.heappush(worst, item)
+                elif item[0] > worst[0][0]:
+                    heapq.heapreplace(worst, item)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+
+    official.all_reduce(env.device)
+    original.all_reduce(env.device)
+    if official.count == 0:
+        raise LAVTUserError(f"{config.dataset}/{split_by}/{config.split} has no expressions to score")
+    all_records = [r for part in all_gather_objects(records, env) for r in part]
+    metrics = {"official": official.compute(), "original": original.compute()}
+    counts = {
+        "images": ds.num_images,
+        "refs": ds.num_refs,
+        "expressions": official.count,
+        "skipped_images": ds.skipped,
+    }
+    report = {
+        "checkpoint": str(loaded.source),
+        "checkpoint_kind": loaded.kind,
+        "dataset": config.dataset,
+        "split_by": split_by,
+        "split": config.split,
+        "mask_mode": config.mask_mode,
+        "image_size": image_size,
+        "protocols": {
+            "official": {"resolution": f"{image_size}x{image_size}", "description": PROTOCOLS["official"]},
+            "original": {"resolution": "original", "description": PROTOCOLS["original"]},
+        },
+        "metrics": metrics,
+        "sums": {
+            "official": {"cum_I": official.cum_i, "cum_U": official.cum_u},
+            "original": {"cum_I": original.cum_i, "cum_U": original.cum_u},
+        },
+        "counts": counts,
+        "device": str(env.device),
+        "world_size": env.world_size,
+        "precision": config.precision,
+        "seconds": round(time.time() - t0, 3),
+    }
+    worst_all = [w for part in all_gather_objects(worst, env) for w in part] if keep_preds else []
+    if env.is_main:
+        if config.json:
+            _write_json(Path(config.json), report)
+        if config.per_expression:
+            _write_jsonl(Path(config.per_expression), sorted(all_records, key=lambda r: (r["ref_id"], r["sent_id"])))
+        if config.overlays:
+            chosen = sorted(worst_all, key=lambda w: (-w[0], w[1]))[: config.num_worst]
+            write_overlays(ds, chosen, Path(config.overlays))
+    return EvalResult(metrics, counts, report, all_records)
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The two protocols as a small text table (percent, 2 decimals as the official print)."""
+    keys = ["oIoU", "mIoU", "P@0.5", "P@0.6", "P@0.7", "P@0.8", "P@0.9"]
+    c = report["counts"]
+    head = (
+        f"{report['dataset']} ({report['split_by']}) {report['split']}: {c['expressions']} expressions, "
+        f"{c['refs']} objects, {c['images']} images; checkpoint {report['checkpoint']}"
+    )
+    rows = [f"{'protocol':<22}" + "".join(f"{k:>8}" for k in keys)]
+    names = {"official": f"official {report['image_size']}x{report['image_size']}", "original": "original resolution"}
+    for proto, m in report["metrics"].items():
+        rows.append(f"{names.get(proto, proto):<22}" + "".join(f"{m[k]:>8.2f}" for k in keys))
+    return "\n".join([head, *rows])
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+
+
+def write_overlays(ds: Any, worst: list[tuple], folder: Path) -> list[Path]:
+    """One PNG per worst case: the original image, ground truth in green, prediction in red
+    (overlap yellow), the expression and both IoUs written on top."""
+    from PIL import Image, ImageDraw
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for rank, (neg_iou, _, rec, bits, shape) in enumerate(worst, 1):
+        h, w = shape
+        pred = np.unpackbits(bits)[: h * w].reshape(h, w).astype(bool)
+        image = np.asarray(ds.refer.load_image(rec["image_id"]).convert("RGB")).astype(np.float32)
+        gt = ds.refer.mask(rec["ref_id"], ds.mask_mode).astype(bool)
+        out = image * 0.5
+        out[gt & ~pred] += np.array([0, 110, 0])
+        out[pred & ~gt] += np.array([120, 0, 0])
+        out[pred & gt] += np.array([110, 110, 0])
+        img = Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
+        draw = ImageDraw.Draw(img)
+        text = f"{rec['expression']}  IoU {rec['original']['IoU']:.3f} (480: {rec['official']['IoU']:.3f})"
+        draw.rectangle([0, 0, img.width, 12], fill=(0, 0, 0))
+        draw.text((2, 0), text, fill=(255, 255, 255))
+        p = folder / f"{rank:03d}_ref{rec['ref_id']}_sent{rec['sent_id']}.png"
+        img.save(p)
+        paths.append(p)
+    return paths

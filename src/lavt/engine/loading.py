@@ -1,0 +1,139 @@
+"""Load a LAVT model from whatever a user points at: one function, one dispatch.
+
+- a model folder written by `save_pretrained` (config.json + model.safetensors);
+- a training run folder (uses `model_best/`, else `model_last/`, else `checkpoint.pt`);
+- a training checkpoint file written by this engine (`checkpoint.pt`);
+- an official LAVT checkpoint (`lavt` or `lavt_one`, read with `lavt.load_official`).
+
+The tokenizer saved with the model comes back too when there is one; evaluation and
+prediction fall back to the packaged uncased BERT vocabulary (the official one) otherwise.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lavt.errors import LAVTUserError
+
+KINDS = ("folder", "training", "official")
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode, its tokenizer (or None), what kind of file it came from and
+    what else is known about it (epoch, best score...)."""
+
+    model: Any
+    tokenizer: Any
+    kind: str
+    source: Path
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def load_model(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    *,
+    pwam_heads: tuple[int, ...] | None = None,
+    max_tokens: int | None = None,
+) -> LoadedModel:
+    """Load any saved LAVT (see module docstring) onto `device`, in eval mode.
+
+    `pwam_heads` only matters for official checkpoints whose saved args lack `--mha`.
+    """
+    from lavt.engine.checkpoint import BEST_DIR, CHECKPOINT_NAME, LAST_DIR, is_training_checkpoint
+    from lavt.models import LAVT
+    from lavt.models.lavt import CONFIG_NAME
+
+    p = Path(path)
+    if not p.exists():
+        raise LAVTUserError(f"checkpoint {p} does not exist")
+    if p.is_file() and p.suffix == ".safetensors" and (p.parent / CONFIG_NAME).is_file():
+        p = p.parent
+    if p.is_dir():
+        if (p / CONFIG_NAME).is_file():
+            model = LAVT.from_pretrained(p)
+            info = {}
+            return LoadedModel(model.to(device).eval(), _tokenizer_from(p, max_tokens, model), "folder", p, info)
+        for sub in (BEST_DIR, LAST_DIR):
+            if (p / sub / CONFIG_NAME).is_file():
+                return load_model(p / sub, device, pwam_heads=pwam_heads, max_tokens=max_tokens)
+        if (p / CHECKPOINT_NAME).is_file():
+            return load_model(p / CHECKPOINT_NAME, device, pwam_heads=pwam_heads, max_tokens=max_tokens)
+        raise LAVTUserError(
+            f"{p} holds no model: expected config.json + model.safetensors, a training run folder "
+            f"({BEST_DIR}/, {LAST_DIR}/ or {CHECKPOINT_NAME}) or give a checkpoint file"
+        )
+
+    from lavt.models.official import read_checkpoint
+
+    ckpt = read_checkpoint(p)
+    if is_training_checkpoint(ckpt):
+        model = model_from_training_checkpoint(ckpt, source=str(p))
+        tok = None
+        for sub in (LAST_DIR, BEST_DIR):
+            if (p.parent / sub / "vocab.txt").is_file():
+                tok = _tokenizer_from(p.parent / sub, max_tokens, model)
+                break
+        if tok is None:
+            cfg = ckpt.get("config") or {}
+            for key in ("tokenizer", "text_encoder"):
+                if cfg.get(key) and Path(cfg[key]).is_dir():
+                    tok = _tokenizer_from(Path(cfg[key]), max_tokens, model)
+                    break
+        info = {"epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step"), "best": ckpt.get("best")}
+        return LoadedModel(model.to(device).eval(), tok, "training", p, info)
+
+    from lavt.models import load_official
+
+    model = load_official(ckpt, pwam_heads=pwam_heads)
+    info = {"epoch": ckpt.get("epoch") if isinstance(ckpt, dict) else None}
+    return LoadedModel(model.to(device).eval(), None, "official", p, info)
+
+
+def model_from_training_checkpoint(ckpt: dict[str, Any], source: str = "checkpoint") -> Any:
+    """Rebuild the LAVT stored in a training checkpoint dict (strict load)."""
+    from lavt.models import LAVT, LAVTConfig, load_state_strict
+
+    cfg = dict(ckpt["model_config"])
+    cfg["use_checkpoint"] = False  # activation checkpointing is a training-time setting
+    model = LAVT(LAVTConfig.from_dict(cfg))
+    load_state_strict(model, ckpt["model"], source=source)
+    return model
+
+
+def default_tokenizer(model: Any = None, max_tokens: int | None = None) -> Any:
+    """The packaged uncased BERT WordPiece vocabulary (identical to bert-base-uncased)."""
+    from lavt.data.tokenization import ExpressionTokenizer, default_text_encoder_dir
+
+    tokens = max_tokens or (model.config.max_tokens if model is not None else None)
+    tok = ExpressionTokenizer.from_pretrained(default_text_encoder_dir(), max_tokens=tokens)
+    check_vocabulary(model, tok)
+    return tok
+
+
+def check_vocabulary(model: Any, tokenizer: Any) -> None:
+    """A tokenizer whose ids do not fit the text encoder would silently give garbage."""
+    if model is None or getattr(model, "text_encoder", None) is None:
+        return
+    n_model = model.text_encoder.config.vocab_size
+    n_tok = getattr(tokenizer, "vocab_size", n_model)
+    if n_tok > n_model:
+        raise LAVTUserError(
+            f"the tokenizer has {n_tok} tokens but the model's text encoder only {n_model}; "
+            "pass the tokenizer folder the model was trained with (--tokenizer)"
+        )
+
+
+def _tokenizer_from(folder: Path, max_tokens: int | None, model: Any) -> Any:
+    from lavt.data.tokenization import ExpressionTokenizer
+
+    if not (folder / "vocab.txt").is_file():
+        return None
+    tokens = max_tokens or model.config.max_tokens
+    tok = ExpressionTokenizer.from_pretrained(folder, max_tokens=tokens)
+    check_vocabulary(model, tok)
+    return tok

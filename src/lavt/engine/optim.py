@@ -1,0 +1,137 @@
+"""The official optimiser and learning-rate schedule (MISSION.md section 2).
+
+Parameter groups, as the official train.py builds them:
+
+1. backbone parameters whose names contain `norm`, `absolute_pos_embed` or
+   `relative_position_bias_table`: weight decay 0;
+2. the other backbone parameters (Swin blocks, PWAM, language gates): weight decay;
+3. the decoder (`classifier`);
+4. the text encoder's layers 0-9 only: its embeddings and later layers keep their
+   pretrained values (`text_layers_trained=None` trains the whole encoder).
+
+The backbone includes the PWAMs and gates because they live in `backbone.layers.{i}`. Each
+group carries a `name` and may have its own learning rate (the paper uses one for all).
+Text-encoder parameters that are not optimised are frozen (`requires_grad=False`): the
+official code computes their gradients and then ignores them, which gives the same weights.
+"""
+from __future__ import annotations
+
+import operator
+from functools import reduce
+from typing import Any
+
+import torch
+from torch import nn
+
+NO_DECAY_KEYS = ("norm", "absolute_pos_embed", "relative_position_bias_table")
+
+
+def _text_params(text_encoder: nn.Module, layers: int | None) -> list[nn.Parameter]:
+    if layers is None:
+        return list(text_encoder.parameters())
+    blocks = text_encoder.encoder.layer
+    n = min(layers, len(blocks))
+    return reduce(operator.concat, [list(blocks[i].parameters()) for i in range(n)], [])
+
+
+def freeze_untrained_text_layers(model: nn.Module, layers: int | None) -> int:
+    """Set `requires_grad=False` on text-encoder parameters that no group optimises;
+    returns how many tensors were frozen."""
+    text = getattr(model, "text_encoder", None)
+    if text is None or layers is None:
+        return 0
+    trained = {id(p) for p in _text_params(text, layers)}
+    frozen = 0
+    for p in text.parameters():
+        if id(p) not in trained:
+            p.requires_grad_(False)
+            frozen += 1
+    return frozen
+
+
+def param_groups(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float = 0.01,
+    *,
+    text_layers_trained: int | None = 10,
+    lr_backbone: float | None = None,
+    lr_decoder: float | None = None,
+    lr_text: float | None = None,
+) -> list[dict[str, Any]]:
+    """The official groups (see module docstring); parameters with `requires_grad=False`
+    are left out, empty groups are dropped, and parameters outside backbone, classifier and
+    text encoder (none in LAVT) go to a last group `other` rather than being forgotten."""
+    backbone_no_decay, backbone_decay = [], []
+    for name, p in model.backbone.named_parameters():
+        if not p.requires_grad:
+            continue
+        if any(k in name for k in NO_DECAY_KEYS):
+            backbone_no_decay.append(p)
+        else:
+            backbone_decay.append(p)
+    lr_b = lr if lr_backbone is None else lr_backbone
+    groups: list[dict[str, Any]] = [
+        {"name": "backbone_no_decay", "params": backbone_no_decay, "weight_decay": 0.0, "lr": lr_b},
+        {"name": "backbone", "params": backbone_decay, "weight_decay": weight_decay, "lr": lr_b},
+        {
+            "name": "decoder",
+            "params": [p for p in model.classifier.parameters() if p.requires_grad],
+            "weight_decay": weight_decay,
+            "lr": lr if lr_decoder is None else lr_decoder,
+        },
+    ]
+    text = getattr(model, "text_encoder", None)
+    if text is not None:
+        groups.append(
+            {
+                "name": "text_encoder",
+                "params": [p for p in _text_params(text, text_layers_trained) if p.requires_grad],
+                "weight_decay": weight_decay,
+                "lr": lr if lr_text is None else lr_text,
+            }
+        )
+    grouped = {id(p) for g in groups for p in g["params"]}
+    text_ids = {id(p) for p in text.parameters()} if text is not None else set()
+    other = [p for p in model.parameters() if p.requires_grad and id(p) not in grouped and id(p) not in text_ids]
+    if other:
+        groups.append({"name": "other", "params": other, "weight_decay": weight_decay, "lr": lr})
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(model: nn.Module, config: Any) -> torch.optim.AdamW:
+    """AdamW over `param_groups`, configured from a TrainConfig."""
+    groups = param_groups(
+        model,
+        config.lr,
+        config.weight_decay,
+        text_layers_trained=config.text_layers_trained,
+        lr_backbone=config.lr_backbone,
+        lr_decoder=config.lr_decoder,
+        lr_text=config.lr_text,
+    )
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay, amsgrad=config.amsgrad)
+
+
+class PolyWarmup:
+    """LR factor at optimiser step `it`: (1 - it / total) ** power, the official polynomial
+    decay stepped per iteration, times an optional linear warm-up over the first
+    `warmup_steps` (from `start_factor` to 1). A callable object so LambdaLR can save it."""
+
+    def __init__(self, total_steps: int, power: float = 0.9, warmup_steps: int = 0, start_factor: float = 0.001) -> None:
+        self.total_steps = max(1, int(total_steps))
+        self.power = float(power)
+        self.warmup_steps = int(warmup_steps)
+        self.start_factor = float(start_factor)
+
+    def __call__(self, it: int) -> float:
+        factor = max(0.0, 1.0 - it / self.total_steps) ** self.power
+        if it < self.warmup_steps:
+            factor *= self.start_factor + (1.0 - self.start_factor) * it / self.warmup_steps
+        return factor
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, config: Any) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-iteration LambdaLR with `PolyWarmup` (call `.step()` after every optimiser step)."""
+    fn = PolyWarmup(total_steps, config.poly_power, config.warmup_steps, config.warmup_start_factor)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
