@@ -1,13 +1,44 @@
-"""`lavt predict` (placeholder: filled in by its issue)."""
+"""`lavt predict --checkpoint C IMAGE "expression" ... --out DIR`: masks and overlays as PNG."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="(not yet implemented)")
+    p = sub.add_parser(
+        "predict",
+        help="segment what each expression names in an image",
+        description="Writes, per expression, a binary mask PNG (255 = object) and an overlay PNG "
+        "at the image's original resolution.",
+    )
+    p.add_argument("--checkpoint", "-c", required=True, type=Path, help="model folder, training checkpoint or official .pth")
+    p.add_argument("image", type=Path, help="image file (any format Pillow reads)")
+    p.add_argument("expressions", nargs="+", help="one or more referring expressions")
+    p.add_argument("--out", "-o", type=Path, default=Path("predictions"), help="output folder (default: predictions)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default: cpu)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast precision (default fp32)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit("lavt predict: not implemented yet")
+    from lavt.inference import Predictor, load_image, overlay
+    from lavt.errors import LAVTUserError
+    from PIL import Image
+
+    image = load_image(args.image)  # fail on a bad image before loading the model
+    try:
+        predictor = Predictor.from_pretrained(args.checkpoint, device=args.device, precision=args.precision)
+    except RuntimeError as exc:  # e.g. an unavailable CUDA device
+        raise LAVTUserError(f"could not load the model on {args.device}: {str(exc).splitlines()[0]}") from exc
+    results = predictor.predict(image, args.expressions)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.image.stem
+    total = image.width * image.height
+    for k, r in enumerate(results, start=1):
+        mask_path = args.out / f"{stem}_{k}_mask.png"
+        over_path = args.out / f"{stem}_{k}_overlay.png"
+        Image.fromarray(r.mask.astype("uint8") * 255).save(mask_path)
+        overlay(image, r.mask).save(over_path)
+        print(f"[{k}] {r.expression!r}: {r.area} px ({100.0 * r.area / total:.1f}% of the image) -> {mask_path}, {over_path}")
+    return 0

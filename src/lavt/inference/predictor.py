@@ -1,0 +1,207 @@
+"""Prediction on any image: load once, segment many expressions.
+
+Pre- and post-processing live here, never in the model: images of any mode are turned into
+RGB, resized to the square the model was trained at (not the official demo's aspect-keeping
+resize, which the model never saw), and the masks come back at the original resolution.
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from lavt.errors import LAVTUserError
+
+ImageInput = str | Path | Image.Image | np.ndarray
+
+
+@dataclass
+class Prediction:
+    """One expression's result at the original image size.
+
+    mask: bool (H, W), the referred object; probability: float32 (H, W), P(object) per pixel.
+    """
+
+    expression: str
+    mask: np.ndarray
+    probability: np.ndarray
+
+    @property
+    def area(self) -> int:
+        return int(self.mask.sum())
+
+
+def load_image(image: ImageInput) -> Image.Image:
+    """Any supported input -> an RGB PIL image, EXIF orientation applied.
+
+    Paths and PIL images of any mode (RGBA, LA, P, L, I;16, I, F, CMYK); arrays HxW, HxWx1,
+    HxWx3 or HxWx4 of uint8, uint16 (scaled by its maximum range) or float in [0, 1].
+    """
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        if not path.is_file():
+            raise LAVTUserError(f"image {path} does not exist")
+        try:
+            with Image.open(path) as im:
+                im.load()
+                pil = ImageOps.exif_transpose(im)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            raise LAVTUserError(f"{path} is not a readable image: {exc}") from exc
+        return _to_rgb(pil)
+    if isinstance(image, Image.Image):
+        return _to_rgb(ImageOps.exif_transpose(image))
+    if isinstance(image, np.ndarray):
+        return _array_to_rgb(image)
+    raise LAVTUserError(f"image must be a path, a PIL image or an HxWx3 array, got {type(image).__name__}")
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(im)
+        if arr.dtype.kind == "f":
+            arr = np.clip(arr, 0.0, 1.0) * 255.0
+        else:
+            arr = arr.astype(np.float64) * (255.0 / (65535.0 if arr.max() > 255 else 255.0))
+        return Image.fromarray(arr.round().astype(np.uint8)).convert("RGB")
+    if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+        # Transparent pixels over white, as image viewers show them.
+        rgba = im.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def _array_to_rgb(arr: np.ndarray) -> Image.Image:
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)) or min(arr.shape[:2]) < 1:
+        raise LAVTUserError(f"image array must be HxW, HxWx3 or HxWx4, got shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        out = arr
+    elif arr.dtype == np.uint16:
+        out = (arr.astype(np.float64) * (255.0 / 65535.0)).round().astype(np.uint8)
+    elif arr.dtype.kind == "f":
+        if not np.isfinite(arr).all():
+            raise LAVTUserError("image array holds NaN or infinite values")
+        out = (np.clip(arr, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    elif arr.dtype == np.bool_:
+        out = arr.astype(np.uint8) * 255
+    else:
+        raise LAVTUserError(f"image array dtype {arr.dtype} is not supported (use uint8, uint16 or float in [0, 1])")
+    pil = Image.fromarray(np.ascontiguousarray(out))
+    return _to_rgb(pil)
+
+
+class Predictor:
+    """Referring segmentation for people (numpy/PIL in, masks out) and for code (tensors).
+
+    >>> p = Predictor.from_pretrained("demo_out/model")
+    >>> [r.mask.shape for r in p.predict("scene.png", ["the red circle", "the star"])]
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        device: str | torch.device = "cpu",
+        image_size: int | None = None,
+        precision: str = "fp32",
+    ) -> None:
+        if getattr(model, "text_encoder", None) is None:
+            raise LAVTUserError("this model has no text encoder, so it cannot read expressions; load a full model")
+        if precision not in ("fp32", "bf16", "fp16"):
+            raise LAVTUserError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer
+        self.image_size = int(image_size or model.config.image_size)
+        self.precision = precision
+
+    @classmethod
+    def from_pretrained(
+        cls, source: str | Path, device: str | torch.device = "cpu", precision: str = "fp32"
+    ) -> "Predictor":
+        """A model folder (save_pretrained, `lavt convert`, `lavt demo`), a training checkpoint,
+        or an official LAVT checkpoint file."""
+        from lavt.engine.loading import default_tokenizer, load_model
+
+        loaded = load_model(source, device=device)
+        tokenizer = loaded.tokenizer or default_tokenizer(loaded.model)
+        return cls(loaded.model, tokenizer, device=device, precision=precision)
+
+    # ------------------------------------------------------------------ pieces
+    def preprocess(self, image: ImageInput) -> tuple[torch.Tensor, tuple[int, int]]:
+        """-> normalised (1, 3, S, S) tensor on the device and the original (H, W)."""
+        from lavt.data.transforms import image_to_tensor
+
+        pil = load_image(image)
+        tensor = image_to_tensor(pil, self.image_size).unsqueeze(0).to(self.device)
+        return tensor, (pil.height, pil.width)
+
+    def tokenize(self, expressions: str | Sequence[str]) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+        if isinstance(expressions, str):
+            expressions = [expressions]
+        expressions = list(expressions)
+        if not expressions:
+            raise LAVTUserError("give at least one expression")
+        for i, text in enumerate(expressions):
+            if not isinstance(text, str) or not text.strip():
+                raise LAVTUserError(f"expression {i + 1} is empty; describe the object to segment, e.g. 'the red car'")
+            if self.tokenizer.is_truncated(text):
+                warnings.warn(
+                    f"expression {i + 1} is longer than {self.tokenizer.max_tokens} tokens and was cut "
+                    f"(as in training): {text[:60]!r}...",
+                    stacklevel=3,
+                )
+        ids, mask = self.tokenizer(expressions)
+        return expressions, ids.to(self.device), mask.to(self.device)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    @torch.inference_mode()
+    def predict_logits(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Torch-facing: one normalised image (1,3,S,S), E expressions -> logits (E,2,S,S), float32."""
+        with self._autocast():
+            logits = self.model.segment_expressions(image, input_ids, attention_mask)
+        return logits.float()
+
+    @torch.inference_mode()
+    def predict(self, image: ImageInput, expressions: str | Sequence[str]) -> list[Prediction]:
+        """Segment every expression in one image (one batched forward). Masks at original size."""
+        texts, ids, mask = self.tokenize(expressions)
+        tensor, (h, w) = self.preprocess(image)
+        logits = self.predict_logits(tensor, ids, mask)
+        logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=True)
+        prob = torch.softmax(logits, dim=1)[:, 1]
+        masks = logits.argmax(1).bool()
+        return [
+            Prediction(text, masks[i].cpu().numpy(), prob[i].cpu().numpy().astype(np.float32))
+            for i, text in enumerate(texts)
+        ]
+
+
+def overlay(image: Image.Image, mask: np.ndarray, color: tuple[int, int, int] = (255, 40, 40), alpha: float = 0.45) -> Image.Image:
+    """The image with the mask tinted and its contour drawn (for people to look at)."""
+    from PIL import ImageFilter
+
+    base = np.asarray(image.convert("RGB"), dtype=np.float32)
+    m = mask.astype(bool)
+    out = base.copy()
+    out[m] = (1 - alpha) * base[m] + alpha * np.array(color, dtype=np.float32)
+    pil_mask = Image.fromarray(m.astype(np.uint8) * 255)
+    width = max(1, round(min(m.shape) / 160))
+    eroded = np.asarray(pil_mask.filter(ImageFilter.MinFilter(2 * width + 1))) > 0
+    edge = m & ~eroded
+    out[edge] = np.array(color, dtype=np.float32)
+    return Image.fromarray(out.round().clip(0, 255).astype(np.uint8))
