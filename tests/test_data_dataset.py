@@ -88,6 +88,7 @@ def test_eval_items_and_collate(root, tokenizer):
     items = [ds[i] for i in range(len(ds))]
     assert [it["sent_id"] for it in items] == [1, 2, 3, 4, 5]  # ref order, then sentence order
     assert [it["expression"] for it in items[:2]] == ["Man on the left", "left guy in two parts"]
+    assert {it["kind"] for it in items} == {""}  # real data has no expression kinds
     expected = data_fixture.expected_masks()
     for it in items:
         ann_id = ds.refer.refs[it["ref_id"]]["ann_id"]

@@ -16,7 +16,8 @@ import pytest
 from PIL import Image
 
 from lavt.cli import main
-from lavt.data import ExpressionTokenizer, ReferDataset, default_text_encoder_dir
+import data_fixture
+from lavt.data import ExpressionTokenizer, ReferDataset, ReferImageGroups, default_text_encoder_dir
 from lavt.data.info import dataset_info
 from lavt.data.refer import Refer, decode_segmentation
 from lavt.data.synth import COLOURS, GROUP_A, GROUP_B, generate
@@ -346,3 +347,20 @@ def test_occluded_objects_are_covered_by_another_colour():
                     assert low.colour != high.colour
                     assert low.visible.sum() >= 0.6 * low.full.sum()
     assert covered_pairs >= 10
+
+
+def test_datasets_select_expression_kinds(synth_root, tmp_path):
+    tokenizer = ExpressionTokenizer.from_pretrained(default_text_encoder_dir())
+    full = ReferDataset(synth_root, "synthref", "unc", "val", tokenizer=tokenizer, mode="eval", image_size=32)
+    only = ReferDataset(synth_root, "synthref", "unc", "val", tokenizer=tokenizer, mode="eval", image_size=32,
+                        kinds=["relation"])
+    assert {full[i]["kind"] for i in range(len(full))} == {"attribute", "position", "relation"}
+    assert {only[i]["kind"] for i in range(len(only))} == {"relation"}
+    expected = sum(s["kind"] == "relation" for r in full.ref_ids for s in full.refer.refs[r]["sentences"])
+    assert len(only) == only.num_expressions == expected < len(full)
+    groups = ReferImageGroups(synth_root, "synthref", "unc", "val", tokenizer=tokenizer, image_size=32,
+                              kinds=("attribute",))
+    assert {k for i in range(len(groups)) for k in groups[i]["kinds"]} == {"attribute"}
+    fixture_root = data_fixture.build(tmp_path / "fixture")
+    with pytest.raises(LAVTUserError, match="no 'kind' field"):
+        ReferDataset(fixture_root, "refcoco", "unc", "train", tokenizer=tokenizer, kinds=["relation"])

@@ -12,12 +12,14 @@
   the engine can run the image once through a batch of expressions.
 
 Images: bilinear resize to `image_size` squared, ImageNet mean/std; masks: nearest.
+`kinds` keeps only expressions of those kinds (synthref sentences carry a `kind`:
+attribute, position or relation), for curricula and per-kind scores.
 """
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -47,6 +49,7 @@ class _ReferBase(Dataset):
         skip_unreadable: bool = False,
         max_images: int | None = None,
         image_dir: str | Path | None = None,
+        kinds: Sequence[str] | None = None,
     ) -> None:
         if mask_mode not in MASK_MODES:
             raise LAVTUserError(f"mask_mode must be one of {MASK_MODES}, got {mask_mode!r}")
@@ -93,20 +96,38 @@ class _ReferBase(Dataset):
                         "open the dataset with skip_unreadable=True to skip and count such images"
                     )
         keep = set(image_ids)
-        self.ref_ids = [r for r in ref_ids if int(self.refer.refs[r]["image_id"]) in keep]
-        if not self.ref_ids:
+        ref_ids = [r for r in ref_ids if int(self.refer.refs[r]["image_id"]) in keep]
+        if not ref_ids:
             raise LAVTUserError(f"{dataset}/{split}: no refs left to read (all images unreadable?)")
+        self.kinds = None if kinds is None else tuple(kinds)
+        if self.kinds is not None:
+            stored = {s.get("kind") for r in ref_ids for s in self.refer.refs[r]["sentences"]}
+            if None in stored:
+                raise LAVTUserError(
+                    f"{self.refer.refs_file}: its sentences have no 'kind' field, so kinds={list(self.kinds)} "
+                    "cannot select expressions (only generated synthref data has kinds); pass kinds=None"
+                )
 
         # Tokenise every expression once: rows of `self._ids` follow refs then sentences.
         texts: list[str] = []
+        self.ref_ids: list[int] = []
         self._sent_ids: list[int] = []
+        self._kinds: list[str] = []
         self._first: list[int] = []
-        for ref_id in self.ref_ids:
+        for ref_id in ref_ids:
+            sentences = [s for s in self.refer.refs[ref_id]["sentences"]
+                         if self.kinds is None or s["kind"] in self.kinds]
+            if not sentences:
+                continue  # no expression of the requested kinds: the object is not referred
+            self.ref_ids.append(ref_id)
             self._first.append(len(texts))
-            for sentence in self.refer.refs[ref_id]["sentences"]:
+            for sentence in sentences:
                 texts.append(sentence["raw"])
                 self._sent_ids.append(int(sentence["sent_id"]))
+                self._kinds.append(str(sentence.get("kind", "")))
         self._first.append(len(texts))
+        if not self.ref_ids:
+            raise LAVTUserError(f"{dataset}/{split}: no expressions of kinds {list(self.kinds or ())} to read")
         self._texts = texts
         self._ids, self._mask = tokenizer(texts)
 
@@ -153,7 +174,8 @@ class ReferDataset(_ReferBase):
 
     Items are dicts. Both modes: `image` float32 (3,S,S) normalised, `mask` int64 (S,S),
     `input_ids`/`attention_mask` int64 (N,), `ref_id`, `sent_id`, `image_id` ints.
-    Eval adds `orig_mask` uint8 (H,W) at the original resolution and `expression` (raw text).
+    Eval adds `orig_mask` uint8 (H,W) at the original resolution, `expression` (raw text)
+    and `kind` (the sentence's `kind` field, '' when the dataset has none).
     """
 
     def __init__(
@@ -171,13 +193,14 @@ class ReferDataset(_ReferBase):
         skip_unreadable: bool = False,
         max_images: int | None = None,
         image_dir: str | Path | None = None,
+        kinds: Sequence[str] | None = None,
     ) -> None:
         if mode not in MODES:
             raise LAVTUserError(f"mode must be one of {MODES}, got {mode!r}")
         super().__init__(
             root, dataset, split_by, split, tokenizer=tokenizer, image_size=image_size,
             mask_mode=mask_mode, skip_unreadable=skip_unreadable, max_images=max_images,
-            image_dir=image_dir,
+            image_dir=image_dir, kinds=kinds,
         )
         self.mode = mode
         self.seed = int(seed)
@@ -229,6 +252,7 @@ class ReferDataset(_ReferBase):
         if self.mode == "eval":
             item["orig_mask"] = torch.from_numpy(orig)
             item["expression"] = self._texts[row]
+            item["kind"] = self._kinds[row]
         return item
 
 
@@ -236,8 +260,8 @@ class ReferImageGroups(_ReferBase):
     """Evaluation by image: one item per image with every expression of every ref in it.
 
     Item: `image` (3,S,S), `input_ids`/`attention_mask` (E,N), `masks` int64 (E,S,S),
-    `orig_masks` list of E uint8 (H,W), `ref_ids`, `sent_ids`, `expressions` (lists of E),
-    `image_id`. Expressions follow ref order then sentence order, as in `ReferDataset` eval.
+    `orig_masks` list of E uint8 (H,W), `ref_ids`, `sent_ids`, `expressions`, `kinds` (lists
+    of E), `image_id`. Expressions follow ref order then sentence order, as in `ReferDataset` eval.
     """
 
     def __init__(
@@ -255,13 +279,14 @@ class ReferImageGroups(_ReferBase):
         skip_unreadable: bool = False,
         max_images: int | None = None,
         image_dir: str | Path | None = None,
+        kinds: Sequence[str] | None = None,
     ) -> None:
         if mode != "eval":
             raise LAVTUserError(f"ReferImageGroups is for evaluation only (mode='eval'), got {mode!r}")
         super().__init__(
             root, dataset, split_by, split, tokenizer=tokenizer, image_size=image_size,
             mask_mode=mask_mode, skip_unreadable=skip_unreadable, max_images=max_images,
-            image_dir=image_dir,
+            image_dir=image_dir, kinds=kinds,
         )
         self.mode = mode
         self.seed = int(seed)
@@ -305,6 +330,7 @@ class ReferImageGroups(_ReferBase):
             "ref_ids": ref_ids,
             "sent_ids": [self._sent_ids[r] for r in rows],
             "expressions": [self._texts[r] for r in rows],
+            "kinds": [self._kinds[r] for r in rows],
             "image_id": int(image_id),
         }
 
