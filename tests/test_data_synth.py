@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from lavt.cli import main
 import data_fixture
@@ -214,6 +214,12 @@ def test_masks_match_annotations_and_pixels(synth_root, refer):
         else:
             polygons += 1
             assert isinstance(ann["segmentation"], list)
+            # An independent rasteriser (PIL) of the same polygons agrees up to boundary pixels.
+            drawn = Image.new("1", (image["width"], image["height"]))
+            for part in ann["segmentation"]:
+                ImageDraw.Draw(drawn).polygon(part, fill=1)
+            drawn = np.asarray(drawn, dtype=bool)
+            assert (drawn & mask).sum() / (drawn | mask).sum() > 0.85, ann["id"]
         # The painted pixels inside the mask carry the object's colour (JPEG and shading aside).
         pixels = np.asarray(refer.load_image(ann["image_id"]), dtype=np.float32)
         inner = mask & np.roll(mask, 2, 0) & np.roll(mask, -2, 0) & np.roll(mask, 2, 1) & np.roll(mask, -2, 1)
