@@ -1,13 +1,73 @@
-"""`lavt demo` (placeholder: filled in by its issue)."""
+"""`lavt demo`: segment fresh generated scenes with the shipped model, or train one from scratch."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(a) for a in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="(not yet implemented)")
+    from lavt.demo.trainer import DemoRecipe
+
+    d = DemoRecipe()
+    p = sub.add_parser(
+        "demo",
+        help="run the embedded default: the shipped demo model on fresh generated scenes (or --train one)",
+        description="Without --train: generates fresh scenes, segments every expression with the shipped "
+        "demo model, prints oIoU/mIoU/P@X beside the same model given empty expressions, writes "
+        "overlays, results.json and the model (DIR/model). With --train: trains the model from scratch "
+        "first (minutes on 2 CPU cores).",
+    )
+    p.add_argument("--out", "-o", type=Path, default=Path("demo_out"), help="output folder (default demo_out)")
+    p.add_argument("--train", action="store_true", help="train a demo model from scratch instead of using the shipped one")
+    p.add_argument("--model", type=Path, default=None, help="evaluate this demo model folder instead of the shipped one")
+    p.add_argument("--seed", type=int, default=None, help="seed of the fresh evaluation scenes (default: one never used in training)")
+    p.add_argument("--images", type=int, default=120, help="number of fresh evaluation scenes (default 120)")
+    g = p.add_argument_group("training recipe (with --train)")
+    g.add_argument("--steps", type=int, default=d.steps, help=f"optimiser steps (default {d.steps})")
+    g.add_argument("--quick", action="store_true", help="a very short run (CI smoke test): 20 steps on 60 scenes")
+    g.add_argument("--batch-size", type=int, default=d.batch_size)
+    g.add_argument("--lr", type=float, default=d.lr)
+    g.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    g.add_argument("--curriculum", type=float, default=d.curriculum, help="share of steps on attribute expressions only")
+    g.add_argument("--image-size", type=int, default=d.image_size)
+    g.add_argument("--embed-dim", type=int, default=d.embed_dim)
+    g.add_argument("--depths", type=_ints, default=d.depths)
+    g.add_argument("--num-heads", type=_ints, default=d.num_heads)
+    g.add_argument("--window-size", type=int, default=d.window_size)
+    g.add_argument("--train-images", type=int, default=d.train_images)
+    g.add_argument("--data-seed", type=int, default=d.data_seed)
+    g.add_argument("--train-seed", type=int, default=d.seed)
+    g.add_argument("--precision", default=d.precision, choices=["auto", "fp32", "bf16"])
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit("lavt demo: not implemented yet")
+    from lavt.demo.run import EVAL_SEED, run_demo, run_train
+    from lavt.demo.trainer import DemoRecipe
+    from lavt.errors import LAVTUserError
+
+    seed = EVAL_SEED if args.seed is None else args.seed
+    if args.images < 1:
+        raise LAVTUserError(f"--images must be positive, got {args.images}")
+    if not args.train:
+        run_demo(args.out, seed=seed, images=args.images, model=args.model, precision=args.precision)
+        return 0
+    recipe = DemoRecipe(
+        image_size=args.image_size, embed_dim=args.embed_dim, depths=args.depths, num_heads=args.num_heads,
+        window_size=args.window_size, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        warmup_steps=args.warmup_steps, curriculum=args.curriculum, precision=args.precision,
+        train_images=args.train_images, data_seed=args.data_seed, seed=args.train_seed,
+    )
+    images = args.images
+    if args.quick:
+        recipe.steps, recipe.train_images, recipe.warmup_steps = 20, 60, 5
+        images = min(images, 10)
+    run_train(args.out, recipe, seed=seed, images=images)
+    return 0

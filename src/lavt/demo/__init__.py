@@ -1,0 +1,1 @@
+"""The embedded default: generated scenes, a small LAVT trained on them, and its evaluation."""

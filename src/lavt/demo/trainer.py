@@ -1,0 +1,326 @@
+"""The demo's fast trainer: a small LAVT trained from scratch on generated scenes, on CPUs.
+
+Why not the general engine: the demo must learn in minutes on 2 cores, so it takes every
+shortcut the setting allows while keeping the model and the loss LAVT's own:
+- the text encoder (the packaged all-MiniLM-L6-v2) stays frozen, so its features are computed
+  once per distinct expression and cached, and the saved model stays small;
+- the whole (small) split lives in memory as resized tensors: no decoding per step;
+- bfloat16 autocast where the CPU has native bf16 arithmetic;
+- a warm-up + polynomial schedule at a from-scratch learning rate, and a curriculum that
+  starts with attribute expressions (colour, shape, size) before position and relation ones.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lavt.errors import LAVTUserError
+
+
+@dataclass
+class DemoRecipe:
+    """Model size and training recipe of the demo model (every field is a CLI option)."""
+
+    image_size: int = 128
+    embed_dim: int = 32
+    depths: tuple[int, ...] = (1, 1, 2, 1)
+    num_heads: tuple[int, ...] = (1, 2, 4, 8)
+    window_size: int = 8
+    drop_path_rate: float = 0.1
+    steps: int = 1200
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    curriculum: float = 0.2  # share of the steps that see attribute expressions only
+    dice_weight: float = 1.0
+    precision: str = "auto"  # auto = bf16 where the CPU has it, else fp32
+    train_images: int = 2000
+    data_seed: int = 0
+    seed: int = 0
+
+    def model_config(self) -> Any:
+        from lavt.data.tokenization import default_text_encoder_dir
+        from lavt.models import LAVTConfig
+        from lavt.models.text_encoder import PACKAGED_MINILM, bert_config_dict
+
+        bert = json.loads((default_text_encoder_dir() / "config.json").read_text())
+        bert = bert_config_dict(bert)
+        return LAVTConfig(
+            embed_dim=self.embed_dim,
+            depths=self.depths,
+            num_heads=self.num_heads,
+            window_size=self.window_size,
+            drop_path_rate=self.drop_path_rate,
+            pwam_heads=(1, 1, 1, 1),
+            text_dim=bert["hidden_size"],
+            text_encoder=bert,
+            text_encoder_weights=PACKAGED_MINILM,
+            image_size=self.image_size,
+        )
+
+    def validate(self) -> None:
+        for name in ("image_size", "embed_dim", "window_size", "steps", "batch_size", "train_images"):
+            if int(getattr(self, name)) < 1:
+                raise LAVTUserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise LAVTUserError(f"--lr must be positive, got {self.lr}")
+        if not 0.0 <= self.curriculum < 1.0:
+            raise LAVTUserError(f"--curriculum must lie in [0, 1), got {self.curriculum}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise LAVTUserError(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def cpu_has_bf16() -> bool:
+    """Native bfloat16 arithmetic (AVX512-BF16 or AMX): only then is bf16 autocast a speed-up."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast_for(precision: str) -> contextlib.AbstractContextManager:
+    use = precision == "bf16" or (precision == "auto" and cpu_has_bf16())
+    return torch.autocast("cpu", dtype=torch.bfloat16) if use else contextlib.nullcontext()
+
+
+# ---------------------------------------------------------------------- data in memory
+@dataclass
+class SceneSet:
+    """A split held in memory: normalised images (I,3,S,S), masks (R,S,S) per ref, the
+    original-size masks, and per ref its expressions with their kind."""
+
+    images: torch.Tensor
+    image_of_ref: torch.Tensor
+    masks: torch.Tensor
+    orig_masks: list[np.ndarray]
+    expressions: list[list[tuple[str, str]]]
+    file_names: list[str] = field(default_factory=list)
+    image_files: list[Path] = field(default_factory=list)
+
+    @property
+    def num_expressions(self) -> int:
+        return sum(len(e) for e in self.expressions)
+
+
+def load_scenes(root: str | Path, split: str | None, size: int, dataset: str = "synthref", split_by: str = "unc") -> SceneSet:
+    """Read a refer-format split (None = every split) into memory at `size` x `size`."""
+    from lavt.data.refer import Refer
+    from lavt.data.transforms import image_to_tensor, mask_to_tensor
+
+    refer = Refer(root, dataset, split_by)
+    ref_ids = refer.ref_ids(split)
+    index: dict[int, int] = {}
+    image_of_ref, masks, orig, exprs = [], [], [], []
+    for rid in ref_ids:
+        ref = refer.refs[rid]
+        iid = int(ref["image_id"])
+        index.setdefault(iid, len(index))
+        image_of_ref.append(index[iid])
+        m = refer.mask(rid)
+        orig.append(m.astype(bool))
+        masks.append(mask_to_tensor(m, size).bool())
+        exprs.append([(s["raw"], str(s.get("kind", ""))) for s in ref["sentences"]])
+    order = sorted(index, key=index.get)
+    images = torch.stack([image_to_tensor(refer.load_image(i), size) for i in order])
+    return SceneSet(
+        images=images,
+        image_of_ref=torch.tensor(image_of_ref),
+        masks=torch.stack(masks),
+        orig_masks=orig,
+        expressions=exprs,
+        file_names=[refer.images[i]["file_name"] for i in order],
+        image_files=[refer.image_path(i) for i in order],
+    )
+
+
+class TextCache:
+    """Frozen text encoder outputs per distinct expression (the encoder never changes)."""
+
+    def __init__(self, model: Any, tokenizer: Any) -> None:
+        self.encoder = model.text_encoder
+        self.tokenizer = tokenizer
+        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @torch.no_grad()
+    def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        for start in range(0, len(missing), 256):
+            chunk = missing[start : start + 256]
+            ids, mask = self.tokenizer(chunk)
+            feats = self.encoder(input_ids=ids, attention_mask=mask)[0]
+            for i, t in enumerate(chunk):
+                self._cache[t] = (feats[i].clone(), mask[i].clone())
+        return (
+            torch.stack([self._cache[t][0] for t in texts]),
+            torch.stack([self._cache[t][1] for t in texts]),
+        )
+
+
+# ---------------------------------------------------------------------- training
+@dataclass
+class DemoTrainResult:
+    model: Any
+    tokenizer: Any
+    history: list[dict[str, float]]
+    seconds: float
+    steps: int
+
+
+def _lr_factor(step: int, recipe: DemoRecipe) -> float:
+    warm = min(1.0, (step + 1) / max(1, recipe.warmup_steps))
+    return warm * max(0.0, 1.0 - step / recipe.steps) ** 0.9
+
+
+def train_demo(
+    recipe: DemoRecipe,
+    train_set: SceneSet,
+    progress: bool = True,
+    on_step: Callable[[int, float, Any], None] | None = None,
+) -> DemoTrainResult:
+    """Train the demo model from scratch on `train_set`; returns the model in eval mode."""
+    from tqdm import tqdm
+
+    from lavt.data.tokenization import ExpressionTokenizer, default_text_encoder_dir
+    from lavt.engine.losses import SegmentationLoss
+    from lavt.models import LAVT
+
+    recipe.validate()
+    torch.manual_seed(recipe.seed)
+    rng = np.random.default_rng(recipe.seed)
+    cfg = recipe.model_config()
+    model = LAVT(cfg)
+    model.load_text_encoder_weights()  # frozen, from the packaged MiniLM
+    tokenizer = ExpressionTokenizer(default_text_encoder_dir(), max_tokens=cfg.max_tokens)
+    texts = TextCache(model, tokenizer)
+
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in params if p.ndim >= 2 and "relative_position" not in n]
+    no_decay = [p for n, p in params if not (p.ndim >= 2 and "relative_position" not in n)]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=recipe.lr,
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, recipe))
+    criterion = SegmentationLoss("ce+dice", dice_weight=recipe.dice_weight)
+
+    n_refs = len(train_set.expressions)
+    attribute_only = [[e for e in ex if e[1] == "attribute"] or ex for ex in train_set.expressions]
+    curriculum_steps = int(recipe.curriculum * recipe.steps)
+    model.train()
+    model.text_encoder.eval()
+    history: list[dict[str, float]] = []
+    start = time.perf_counter()
+    bar = tqdm(total=recipe.steps, desc="training", unit="step", disable=not progress, dynamic_ncols=True)
+    running = None
+    for step in range(recipe.steps):
+        refs = rng.integers(0, n_refs, recipe.batch_size)
+        pool = attribute_only if step < curriculum_steps else train_set.expressions
+        batch_texts = [pool[r][rng.integers(len(pool[r]))][0] for r in refs]
+        feats, mask = texts(batch_texts)
+        ridx = torch.from_numpy(refs)
+        image = train_set.images[train_set.image_of_ref[ridx]]
+        target = train_set.masks[ridx].long()
+        with autocast_for(recipe.precision):
+            logits = model(image, text_features=feats, text_mask=mask)
+        loss = criterion(logits.float(), target)
+        if not torch.isfinite(loss):
+            raise LAVTUserError(f"training diverged at step {step + 1} (loss {loss.item()}); lower --lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        value = loss.item()
+        running = value if running is None else 0.95 * running + 0.05 * value
+        history.append({"step": step + 1, "loss": value, "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - start})
+        bar.update(1)
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{running:.3f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
+        if on_step is not None:
+            on_step(step + 1, value, model)
+    bar.close()
+    model.eval()
+    return DemoTrainResult(model, tokenizer, history, time.perf_counter() - start, recipe.steps)
+
+
+# ---------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate_scenes(
+    model: Any,
+    texts: TextCache,
+    scenes: SceneSet,
+    empty_text: bool = False,
+    precision: str = "auto",
+    keep_predictions: bool = False,
+) -> dict[str, Any]:
+    """Official-protocol scores on every expression of `scenes` (one forward per image with all
+    its expressions). `empty_text` replaces every expression by "" (how much language matters)."""
+    from lavt.metrics import ReferringMetrics
+
+    model.eval()
+    overall = ReferringMetrics()
+    per_kind: dict[str, ReferringMetrics] = {}
+    predictions = []
+    refs_of_image: dict[int, list[int]] = {}
+    for r, i in enumerate(scenes.image_of_ref.tolist()):
+        refs_of_image.setdefault(i, []).append(r)
+    for i, refs in refs_of_image.items():
+        items = [(r, text, kind) for r in refs for text, kind in scenes.expressions[r]]
+        feats, mask = texts(["" if empty_text else t for _, t, _ in items])
+        with autocast_for(precision):
+            logits = model.segment_expressions(scenes.images[i : i + 1], text_features=feats, text_mask=mask)
+        pred = logits.float().argmax(1).bool()
+        gt = scenes.masks[[r for r, _, _ in items]]
+        ious = overall.update_batch(pred, gt)
+        for (r, text, kind), iou, p in zip(items, ious, pred):
+            per_kind.setdefault(kind or "all", ReferringMetrics()).update(p, scenes.masks[r])
+            if keep_predictions:
+                predictions.append({"image": i, "ref": r, "expression": text, "kind": kind, "iou": iou, "pred": p})
+    out: dict[str, Any] = {"metrics": overall.compute(), "count": len(overall)}
+    out["per_kind_oIoU"] = {k: v.compute()["oIoU"] for k, v in sorted(per_kind.items())}
+    if keep_predictions:
+        out["predictions"] = predictions
+    return out
+
+
+def plot_history(history: list[dict[str, float]], path: str | Path, title: str = "demo training") -> Path:
+    """Loss (raw and smoothed) and learning rate against steps, as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in history]
+    loss = np.array([h["loss"] for h in history])
+    k = max(1, len(loss) // 50)
+    smooth = np.convolve(loss, np.ones(k) / k, mode="valid") if len(loss) >= k else loss
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax[0].plot(steps, loss, alpha=0.3, label="loss")
+    ax[0].plot(steps[k - 1 :], smooth, label=f"mean of {k}")
+    ax[0].set_xlabel("step")
+    ax[0].set_ylabel("CE + Dice")
+    ax[0].legend()
+    ax[1].plot(steps, [h["lr"] for h in history])
+    ax[1].set_xlabel("step")
+    ax[1].set_ylabel("learning rate")
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
