@@ -57,7 +57,10 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistEnv
     """Initialise torch.distributed from torchrun's environment (no-op for one process).
 
     Reuses a process group that the caller already initialised (then it is not destroyed by
-    `cleanup`). Returns the process's `DistEnv`.
+    `cleanup`): a program that calls `train` and then `evaluate` in the same torchrun
+    processes initialises once with this function, runs both, and calls `cleanup` itself
+    (a destroyed group cannot be created again under torchrun's store). Returns the
+    process's `DistEnv`.
     """
     if dist.is_available() and dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
@@ -129,6 +132,23 @@ def broadcast_object(obj: Any, env: DistEnv, src: int = 0) -> Any:
 # Synchronised BatchNorm that also runs on CPU (gloo)
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes whose backward is again a sum over processes: every process's
+    statistics depend on every process's inputs."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        y = x.clone()
+        dist.all_reduce(y)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        g = grad.clone()
+        dist.all_reduce(g)
+        return g
+
+
 class CPUSyncBatchNorm(nn.BatchNorm2d):
     """BatchNorm whose training statistics cover the whole batch across processes.
 
@@ -140,13 +160,11 @@ class CPUSyncBatchNorm(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         c = x.shape[1]
         xd = x.double()  # sums of squares in float64: E[x^2] - E[x]^2 keeps its precision
         count = torch.tensor([x.numel() // c], dtype=xd.dtype, device=x.device)
         stats = torch.cat([xd.sum(dim=(0, 2, 3)), (xd * xd).sum(dim=(0, 2, 3)), count])
-        stats = all_reduce(stats)
+        stats = _AllReduceSum.apply(stats)
         n = stats[-1]
         mean64 = stats[:c] / n
         var64 = (stats[c : 2 * c] / n - mean64 * mean64).clamp_min(0)

@@ -233,14 +233,17 @@ def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
             f.write(json.dumps(r) + "\n")
 
 
-def write_overlays(ds: Any, worst: list[tuple], folder: Path) -> list[Path]:
+def write_overlays(ds: Any, worst: list[tuple], folder: Path, min_width: int = 320) -> list[Path]:
     """One PNG per worst case: the original image, ground truth in green, prediction in red
-    (overlap yellow), the expression and both IoUs written on top."""
+    (overlap yellow), with the expression and both IoUs in a caption strip underneath.
+    Small images are enlarged (nearest) to `min_width` so the caption stays readable."""
+    import textwrap
+
     from PIL import Image, ImageDraw
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for rank, (neg_iou, _, rec, bits, shape) in enumerate(worst, 1):
+    for rank, (_, _, rec, bits, shape) in enumerate(worst, 1):
         h, w = shape
         pred = np.unpackbits(bits)[: h * w].reshape(h, w).astype(bool)
         image = np.asarray(ds.refer.load_image(rec["image_id"]).convert("RGB")).astype(np.float32)
@@ -250,11 +253,17 @@ def write_overlays(ds: Any, worst: list[tuple], folder: Path) -> list[Path]:
         out[pred & ~gt] += np.array([120, 0, 0])
         out[pred & gt] += np.array([110, 110, 0])
         img = Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
-        draw = ImageDraw.Draw(img)
-        text = f"{rec['expression']}  IoU {rec['original']['IoU']:.3f} (480: {rec['official']['IoU']:.3f})"
-        draw.rectangle([0, 0, img.width, 12], fill=(0, 0, 0))
-        draw.text((2, 0), text, fill=(255, 255, 255))
+        scale = max(1, -(-min_width // img.width))
+        if scale > 1:
+            img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+        lines = textwrap.wrap(f'"{rec["expression"]}"', width=max(20, img.width // 7))
+        lines.append(f"IoU {rec['original']['IoU']:.3f} original, {rec['official']['IoU']:.3f} official; green GT, red prediction")
+        canvas = Image.new("RGB", (img.width, img.height + 14 * len(lines) + 6), (0, 0, 0))
+        canvas.paste(img, (0, 0))
+        draw = ImageDraw.Draw(canvas)
+        for i, line in enumerate(lines):
+            draw.text((4, img.height + 3 + 14 * i), line, fill=(255, 255, 255))
         p = folder / f"{rank:03d}_ref{rec['ref_id']}_sent{rec['sent_id']}.png"
-        img.save(p)
+        canvas.save(p)
         paths.append(p)
     return paths
