@@ -59,7 +59,15 @@ def save_model_folder(model: torch.nn.Module, folder: str | Path, tokenizer: Any
     for p in (tmp, old):
         if p.exists():
             shutil.rmtree(p)
-    model.save_pretrained(tmp, tokenizer=tokenizer)
+    config = getattr(model, "config", None)
+    checkpointing = getattr(config, "use_checkpoint", False)
+    if checkpointing:  # a training-time memory setting, not part of the saved model
+        config.use_checkpoint = False
+    try:
+        model.save_pretrained(tmp, tokenizer=tokenizer)
+    finally:
+        if checkpointing:
+            config.use_checkpoint = True
     if folder.exists():
         os.replace(folder, old)
     os.replace(tmp, folder)

@@ -242,15 +242,17 @@ def train_one_epoch(
     t_log, samples_since = time.time(), 0
     done = 0
     for step_in_epoch in range(steps):
-        micro = [_to_device(next(it), device) for _ in range(accum_steps)]
+        micro = [next(it) for _ in range(accum_steps)]  # on the host until their turn
         if loss_normalization == "global":
-            norms = all_reduce_sum(sum(criterion.normalizers(b["mask"]) for b in micro), env)
+            local = sum(criterion.normalizers(b["mask"].to(device, non_blocking=True)) for b in micro)
+            norms = all_reduce_sum(local, env)
             scale = float(env.world_size)
         else:
             norms, scale = None, 1.0 / accum_steps
         optimizer.zero_grad(set_to_none=True)
         step_loss = torch.zeros((), dtype=torch.float64, device=device)
         for k, batch in enumerate(micro):
+            batch = _to_device(batch, device)
             sync = (not env.distributed) or k == accum_steps - 1
             ctx = contextlib.nullcontext() if sync else model.no_sync()
             with ctx:
