@@ -215,3 +215,32 @@ def _param_index(ckpt: dict, run: Path) -> dict[str, int]:
     names = {id(p): n for n, p in model.named_parameters()}
     order = [names[id(p)] for g in param_groups(model, cfg.lr, cfg.weight_decay, text_layers_trained=cfg.text_layers_trained) for p in g["params"]]
     return {n: i for i, n in enumerate(order)}
+
+
+def test_build_model_initialisations(env: dict[str, Path], tmp_path: Path) -> None:
+    """Fresh: text encoder from its folder, backbone from a Microsoft-Swin-style file;
+    `init_from`: every weight from a saved LAVT."""
+    from lavt.engine.train import build_model
+    from lavt.models import LAVT
+
+    cfg = tiny_train_config(env["data"], env["text"], tmp_path / "run")
+    donor, _, _ = build_model(cfg)
+    swin = {k[len("backbone."):]: v.clone() + 1 for k, v in donor.state_dict().items()
+            if k.startswith("backbone.") and ".fusion." not in k and ".res_gate." not in k}
+    swin["head.weight"] = torch.zeros(3, 3)  # a classification head is dropped
+    torch.save({"model": swin}, tmp_path / "swin.pth")
+
+    model, tokenizer, notes = build_model(tiny_train_config(env["data"], env["text"], tmp_path / "run", pretrained_backbone=str(tmp_path / "swin.pth")))
+    assert torch.equal(model.backbone.patch_embed.proj.weight, swin["patch_embed.proj.weight"])
+    assert notes["backbone_not_loaded"]["count"] > 0  # the PWAMs and gates are new
+    from transformers import BertModel
+
+    bert = BertModel.from_pretrained(str(env["text"]), add_pooling_layer=False)
+    assert torch.equal(model.text_encoder.encoder.layer[1].output.dense.weight, bert.encoder.layer[1].output.dense.weight)
+    assert tokenizer(["a b"])[0].shape == (1, model.config.max_tokens)
+
+    model.save_pretrained(tmp_path / "saved", tokenizer=tokenizer)
+    again, _, notes = build_model(tiny_train_config(env["data"], env["text"], tmp_path / "run", init_from=str(tmp_path / "saved")))
+    assert notes["init_from"] == str(tmp_path / "saved") and isinstance(again, LAVT)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k]), k

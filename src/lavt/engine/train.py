@@ -405,7 +405,8 @@ def build_model(config: TrainConfig) -> tuple[nn.Module, Any, dict[str, Any]]:
     if config.pretrained_backbone:
         report = load_swin_pretrained(model, config.pretrained_backbone)
         notes["pretrained_backbone"] = str(config.pretrained_backbone)
-        notes["backbone_not_loaded"] = report["missing"]
+        missing = report["missing"]  # PWAMs, gates and stage norms are new: expected
+        notes["backbone_not_loaded"] = {"count": len(missing), "first": missing[:5]}
     tokenizer = ExpressionTokenizer.from_pretrained(config.tokenizer or text_dir, max_tokens=cfg.max_tokens)
     return model, tokenizer, notes
 
@@ -654,7 +655,11 @@ def _run(config: TrainConfig, env: DistEnv, callback: Callback | None) -> TrainR
             state.epoch = epoch
             sampler.set_epoch(epoch)
             train_ds.set_epoch(epoch)
-            hint = f"The last good checkpoint is {checkpoint_path}. " if checkpoint_path.is_file() else ""
+            hint = (
+                f"The last good checkpoint is {checkpoint_path}. "
+                if checkpoint_path.is_file()
+                else "No checkpoint had been written yet. "
+            )
             t_epoch = time.time()
             stats = train_one_epoch(
                 model, criterion, optimizer, scheduler, loader,
