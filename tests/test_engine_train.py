@@ -76,7 +76,8 @@ def test_loss_falls_and_outputs_are_written(env: dict[str, Path]) -> None:
 def test_interrupt_and_resume_equals_uninterrupted(env: dict[str, Path]) -> None:
     # Drop path on: the resumed run must also restore the random streams.
     model = {"embed_dim": 8, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2], "window_size": 4, "drop_path_rate": 0.2}
-    common = dict(epochs=2, steps_per_epoch=3, model_overrides=model, val_max_images=1)
+    # Gradient accumulation on: total batch 4 in two micro-batches of 2.
+    common = dict(epochs=2, steps_per_epoch=3, model_overrides=model, val_max_images=1, micro_batch_size=2)
     full = env["base"] / "full"
     train(tiny_train_config(env["data"], env["text"], full, **common))
 
@@ -93,7 +94,7 @@ def test_interrupt_and_resume_equals_uninterrupted(env: dict[str, Path]) -> None
     for s1, s2 in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert torch.equal(s1["exp_avg_sq"], s2["exp_avg_sq"])
     assert a["history"][-1]["val"] == b["history"][-1]["val"]
-    assert _records(cut, "resume")
+    assert _records(cut, "resume") and _records(full, "start")[0]["accumulation_steps"] == 2
 
 
 def test_non_finite_loss_stops_naming_the_step(env: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
