@@ -56,9 +56,10 @@ def score_image_group(
     device: torch.device,
     max_batch: int = 64,
     precision: str = "fp32",
+    return_preds: bool = True,
 ) -> tuple[list[tuple[int, int]], list[tuple[int, int]], list[np.ndarray]]:
     """All expressions of one image: (I, U) at the square size, (I, U) at the original size,
-    and the predicted masks at the original size (bool (H,W) each)."""
+    and (when `return_preds`) the predicted masks at the original size (bool (H,W) each)."""
     image = group["image"].to(device)[None]
     ids, mask = group["input_ids"].to(device), group["attention_mask"].to(device)
     gts = group["masks"].to(device)
@@ -83,7 +84,8 @@ def score_image_group(
         up = F.interpolate(logits, size=(int(h), int(w)), mode="bilinear", align_corners=False).argmax(1).bool()
         og = torch.stack([torch.as_tensor(m) for m in origs[s:e]]).to(device).bool()
         original += list(zip((up & og).flatten(1).sum(1).tolist(), (up | og).flatten(1).sum(1).tolist()))
-        preds += list(up.cpu().numpy())
+        if return_preds:
+            preds += list(up.cpu().numpy())
     return square, original, preds
 
 
@@ -136,7 +138,7 @@ def _run(config: EvalConfig, env: DistEnv, loaded: Any) -> EvalResult:
         bar = tqdm(total=len(loader), desc=f"{config.dataset} {config.split}", dynamic_ncols=True, leave=False)
     counter = 0
     for group in loader:
-        sq, og, preds = score_image_group(model, group, env.device, config.max_batch, config.precision)
+        sq, og, preds = score_image_group(model, group, env.device, config.max_batch, config.precision, keep_preds)
         for k, ((i1, u1), (i2, u2)) in enumerate(zip(sq, og)):
             iou1, iou2 = official.add(i1, u1), original.add(i2, u2)
             rec = {
