@@ -34,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", help="YAML or JSON file with EvalConfig keys")
     for flag, (key, typ, help_) in FLAGS.items():
-        p.add_argument(flag, dest=key, type=typ, default=None, help=help_)
+        names = ["-c", flag] if key == "checkpoint" else [flag]
+        p.add_argument(*names, dest=key, type=typ, default=None, help=help_)
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="any EvalConfig key")
     p.set_defaults(func=run)
