@@ -36,6 +36,9 @@ class DemoRecipe:
     depths: tuple[int, ...] = (1, 1, 2, 1)
     num_heads: tuple[int, ...] = (1, 2, 4, 8)
     window_size: int = 8
+    decoder_hidden: int = 64  # the official 4 * embed_dim makes the 1/4-scale convs dominate the step
+    pwam_heads: tuple[int, ...] = (1, 2, 2, 4)
+    ape: bool = True  # Swin's absolute position embedding: "leftmost", "at the top" need absolute position
     drop_path_rate: float = 0.1
     steps: int = 1200
     batch_size: int = 16
@@ -61,8 +64,10 @@ class DemoRecipe:
             depths=self.depths,
             num_heads=self.num_heads,
             window_size=self.window_size,
+            decoder_hidden=self.decoder_hidden,
             drop_path_rate=self.drop_path_rate,
-            pwam_heads=(1, 1, 1, 1),
+            pwam_heads=self.pwam_heads,
+            ape=self.ape,
             text_dim=bert["hidden_size"],
             text_encoder=bert,
             text_encoder_weights=PACKAGED_MINILM,
@@ -70,7 +75,7 @@ class DemoRecipe:
         )
 
     def validate(self) -> None:
-        for name in ("image_size", "embed_dim", "window_size", "steps", "batch_size", "train_images"):
+        for name in ("image_size", "embed_dim", "window_size", "decoder_hidden", "steps", "batch_size", "train_images"):
             if int(getattr(self, name)) < 1:
                 raise LAVTUserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.lr <= 0:

@@ -3,6 +3,7 @@ pathway after every stage (paper section 3, Fig. 2)."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -98,6 +99,12 @@ class MultiModalSwin(nn.Module):
         super().__init__()
         self.num_stages = cfg.num_stages
         self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, cfg.embed_dim, cfg.norm_eps)
+        if cfg.ape:
+            grid = cfg.ape_grid or max(1, cfg.image_size // cfg.patch_size)
+            self.absolute_pos_embed = nn.Parameter(torch.zeros(1, cfg.embed_dim, grid, grid))
+            nn.init.trunc_normal_(self.absolute_pos_embed, std=0.02)
+        else:
+            self.absolute_pos_embed = None
         total = sum(cfg.depths)
         dpr = [cfg.drop_path_rate * k / (total - 1) if total > 1 else 0.0 for k in range(total)]
         self.layers = nn.ModuleList()
@@ -116,6 +123,9 @@ class MultiModalSwin(nn.Module):
         expressions on one image can compute it once and expand it (see `forward_from_stem`).
         """
         x, hw = self.patch_embed(image)
+        if self.absolute_pos_embed is not None:
+            pos = F.interpolate(self.absolute_pos_embed, size=hw, mode="bicubic", align_corners=False)
+            x = x + pos.flatten(2).transpose(1, 2).to(x.dtype)
         return self.layers[0].forward_blocks(x, hw), hw
 
     def forward_from_stem(

@@ -22,7 +22,9 @@ class LAVTConfig:
     """Everything needed to rebuild a LAVT model.
 
     Swin: `embed_dim`, `depths`, `num_heads`, `window_size`, `patch_size`, `mlp_ratio`,
-    `qkv_bias`, `drop_path_rate`, `norm_eps`.
+    `qkv_bias`, `drop_path_rate`, `norm_eps`, `ape` (Swin's optional absolute position
+    embedding, off in LAVT; a `ape_grid` x `ape_grid` table resized bicubically to the token
+    grid, default image_size // patch_size).
     Fusion (one entry per stage): `pwam_heads`, `pwam_stages` (PWAM on/off), `pwam_dropout`,
     `pwam_norm` (instance | layer | none), `fusion` (pwam | cross_attention).
     Language pathway: `language_pathway` (E_i = V_i + S_i * F_i on/off), `gate_activation`
@@ -47,6 +49,8 @@ class LAVTConfig:
     qkv_bias: bool = True
     drop_path_rate: float = 0.3
     norm_eps: float = 1e-5
+    ape: bool = False
+    ape_grid: int | None = None
     pwam_heads: tuple[int, ...] = (1, 1, 1, 1)
     pwam_stages: tuple[bool, ...] = (True, True, True, True)
     pwam_dropout: float = 0.0

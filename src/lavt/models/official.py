@@ -138,7 +138,10 @@ def infer_config(
     hidden_mlp = _shape(model_sd, "backbone.layers.0.blocks.0.mlp.fc1.weight")[0]
     text_dim = _shape(model_sd, "backbone.layers.0.fusion.image_lang_att.f_key.0.weight")[1]
     bert = infer_bert_config(bert_sd) if bert_sd else None
+    ape = "backbone.absolute_pos_embed" in model_sd
     return LAVTConfig(
+        ape=ape,
+        ape_grid=_shape(model_sd, "backbone.absolute_pos_embed")[2] if ape else None,
         embed_dim=embed_dim,
         depths=depths,
         num_heads=heads,
