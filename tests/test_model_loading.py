@@ -177,3 +177,18 @@ def test_convert_cli(golden_dir, tmp_path, capsys):
     assert "not empty" in capsys.readouterr().err
     assert main(["convert", str(src), str(tmp_path / "x"), "--pwam-heads", "1-2"]) == 2
     assert "--pwam-heads" in capsys.readouterr().err
+
+
+def test_absolute_position_embedding_option_round_trips():
+    """Swin's `ape` (off in LAVT, used by the demo model): official key name, grid read back."""
+    torch.manual_seed(0)
+    model = LAVT(tiny_config(ape=True, text_encoder=None, pwam_heads=(1, 1, 1, 1))).eval()
+    assert tuple(model.state_dict()["backbone.absolute_pos_embed"].shape) == (1, 8, 12, 12)
+    again = lavt.load_official(model.state_dict())
+    assert again.config.ape and again.config.ape_grid == 12
+    image, feats, mask = torch.randn(1, 3, 40, 56), torch.randn(1, 5, 32), torch.ones(1, 5, dtype=torch.long)
+    with torch.no_grad():
+        torch.testing.assert_close(again(image, text_features=feats, text_mask=mask), model(image, text_features=feats, text_mask=mask))
+        with_pos = model(image, text_features=feats, text_mask=mask)
+        model.backbone.absolute_pos_embed.normal_()
+        assert (model(image, text_features=feats, text_mask=mask) - with_pos).abs().max() > 1e-4
