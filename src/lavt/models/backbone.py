@@ -9,7 +9,7 @@ from torch.utils.checkpoint import checkpoint
 
 from lavt.models.config import LAVTConfig
 from lavt.models.fusion import LanguageGate, build_fusion
-from lavt.models.swin import PatchEmbed, PatchMerging, SwinBlock, shift_mask
+from lavt.models.swin import PatchEmbed, PatchMerging, SwinBlock, WindowLayout, window_layout
 
 
 class MultiModalStage(nn.Module):
@@ -46,28 +46,29 @@ class MultiModalStage(nn.Module):
         self.res_gate = LanguageGate(dim, cfg.gate_activation) if has_gate else None
         last = i == cfg.num_stages - 1
         self.downsample = None if last else PatchMerging(dim, cfg.norm_eps)
-        self._masks: dict[tuple[int, int, str], torch.Tensor] = {}
+        self._layouts: dict[tuple, WindowLayout] = {}
 
-    def _shift_mask(self, h: int, w: int, device: torch.device) -> torch.Tensor | None:
-        if not any(blk.shift for blk in self.blocks):
-            return None
-        hp = -(-h // self.window) * self.window
-        wp = -(-w // self.window) * self.window
-        key = (hp, wp, str(device))
-        mask = self._masks.get(key)
-        if mask is None:
-            mask = shift_mask(hp, wp, self.window, self.shift, device)
-            self._masks[key] = mask
-        return mask
+    def _layout(self, h: int, w: int, shift: int, device: torch.device) -> WindowLayout:
+        key = (h, w, shift, str(device))
+        layout = self._layouts.get(key)
+        if layout is None:
+            if len(self._layouts) >= 8:  # bounded: a predictor may see many image sizes
+                self._layouts.clear()
+            # Normal tensors even when first built under torch.inference_mode(): the same
+            # layout later serves training, where autograd saves its indices.
+            with torch.inference_mode(False):
+                layout = window_layout(h, w, self.window, shift, device)
+            self._layouts[key] = layout
+        return layout
 
     def forward_blocks(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         """The text-independent part: the Swin blocks of this stage."""
-        mask = self._shift_mask(hw[0], hw[1], x.device)
         for blk in self.blocks:
+            layout = self._layout(hw[0], hw[1], blk.shift, x.device)
             if self.use_checkpoint and x.requires_grad:
-                x = checkpoint(blk, x, hw, mask, use_reentrant=False)
+                x = checkpoint(blk, x, layout, use_reentrant=False)
             else:
-                x = blk(x, hw, mask)
+                x = blk(x, layout)
         return x
 
     def forward_fusion(
@@ -126,7 +127,13 @@ class MultiModalSwin(nn.Module):
         if self.absolute_pos_embed is not None:
             pos = F.interpolate(self.absolute_pos_embed, size=hw, mode="bicubic", align_corners=False)
             x = x + pos.flatten(2).transpose(1, 2).to(x.dtype)
-        return self.layers[0].forward_blocks(x, hw), hw
+        return self.layers[0].forward_blocks(x.to(self._stream_dtype()), hw), hw
+
+    def _stream_dtype(self) -> torch.dtype:
+        """The residual stream (tokens between blocks, E_i) stays in the parameters' dtype,
+        float32, also under autocast (which would make it bf16 after the first matmul): 24
+        residual additions in bf16 cost more accuracy than the casts cost time."""
+        return self.patch_embed.norm.weight.dtype
 
     def forward_from_stem(
         self, x: torch.Tensor, hw: tuple[int, int], l: torch.Tensor, l_mask: torch.Tensor
@@ -137,9 +144,10 @@ class MultiModalSwin(nn.Module):
                 x = layer.forward_blocks(x, hw)
             feat, x = layer.forward_fusion(x, l, l_mask, need_next=layer.downsample is not None)
             feat = getattr(self, f"norm{i}")(feat)
-            outs.append(feat.transpose(1, 2).reshape(feat.shape[0], -1, hw[0], hw[1]))
+            # (B, C, H, W) as a channels-last view of the tokens: no copy.
+            outs.append(feat.view(feat.shape[0], hw[0], hw[1], -1).permute(0, 3, 1, 2))
             if layer.downsample is not None:
-                x = layer.downsample(x, hw)
+                x = layer.downsample(x, hw).to(self._stream_dtype())
                 hw = ((hw[0] + 1) // 2, (hw[1] + 1) // 2)
         return outs
 

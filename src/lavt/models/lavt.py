@@ -18,6 +18,7 @@ from lavt.errors import LAVTUserError
 from lavt.models.backbone import MultiModalSwin
 from lavt.models.config import LAVTConfig
 from lavt.models.decoder import SimpleDecoding
+from lavt.models.fast import clear_caches
 from lavt.models.text_encoder import build_text_encoder
 
 CONFIG_NAME = "config.json"
@@ -39,6 +40,12 @@ class LAVT(nn.Module):
         self.backbone = MultiModalSwin(config)
         self.classifier = SimpleDecoding(config.stage_dims, config.hidden_dim, config.num_classes)
         self.text_encoder = build_text_encoder(config.text_encoder) if config.text_encoder else None
+
+    def train(self, mode: bool = True) -> "LAVT":
+        """Also drops the inference caches (see `lavt.models.fast`) when entering train mode."""
+        if mode:
+            clear_caches(self)
+        return super().train(mode)
 
     # ------------------------------------------------------------------ inputs
     def _check_image(self, image: torch.Tensor) -> None:
@@ -92,7 +99,10 @@ class LAVT(nn.Module):
         """Token ids (B, N) -> language features L (B, N, C): the encoder's last hidden state."""
         if self.text_encoder is None:
             raise ValueError("this model has no text encoder")
-        return self.text_encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
+        # Float32 even under autocast: 20 tokens cost little compute, while casting BERT's
+        # weights to bf16 on every call would cost more than the whole text forward.
+        with torch.autocast(input_ids.device.type, enabled=False):
+            return self.text_encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
 
     def _language(
         self,
@@ -108,7 +118,8 @@ class LAVT(nn.Module):
         return text_features, text_mask
 
     def _decode(self, feats: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-        logits = self.classifier(feats)
+        # float32 logits also under autocast: the upsampled map is what argmax and the loss see.
+        logits = self.classifier(feats).float()
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
 
     def forward(

@@ -13,9 +13,14 @@ index is a buffer built once, and the shift masks are cached per padded size.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lavt.models.fast import Linear, cache_allowed, cached
+from lavt.models.lean import LayerNormLinear, LayerNormMlp
 
 
 class DropPath(nn.Module):
@@ -39,9 +44,9 @@ class DropPath(nn.Module):
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = Linear(dim, hidden)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
@@ -83,19 +88,135 @@ def shift_mask(hp: int, wp: int, window: int, shift: int, device: torch.device) 
     return torch.zeros_like(diff).masked_fill_(diff != 0, -100.0)
 
 
+class WindowLayout(NamedTuple):
+    """Where every token of an (h, w) map goes in the official pad -> roll -> partition order.
+
+    One gather (`gather`, then padding positions set) replaces pad + roll + partition, and one
+    gather (`scatter`) replaces reverse + roll back + crop. Built once per map size and stage.
+    """
+
+    key: tuple
+    num_windows: int
+    gather: torch.Tensor  # (nW*N,) source token of each window token; padding points at 0
+    pad: torch.Tensor | None  # (P,) window-token positions that are padding, or None
+    scatter: torch.Tensor  # (h*w,) window-token position of each source token
+    mask: torch.Tensor | None  # (nW, N, N) float32 shift mask, or None for unshifted blocks
+
+
+def window_layout(h: int, w: int, window: int, shift: int, device: torch.device) -> WindowLayout:
+    hp, wp = -(-h // window) * window, -(-w // window) * window
+    canvas = torch.full((hp, wp), -1, dtype=torch.long)
+    canvas[:h, :w] = torch.arange(h * w).view(h, w)
+    if shift:
+        canvas = torch.roll(canvas, shifts=(-shift, -shift), dims=(0, 1))
+    src = window_partition(canvas[None, :, :, None], window).reshape(-1)  # nW*N
+    real = src >= 0
+    scatter = torch.empty(h * w, dtype=torch.long)
+    scatter[src[real]] = torch.arange(src.numel())[real]
+    pad = (~real).nonzero().flatten()
+    mask = shift_mask(hp, wp, window, shift, device) if shift else None
+    return WindowLayout(
+        key=(h, w, window, shift, str(device)),
+        num_windows=(hp // window) * (wp // window),
+        gather=src.clamp(min=0).to(device),
+        pad=pad.to(device) if pad.numel() else None,
+        scatter=scatter.to(device),
+        mask=mask,
+    )
+
+
+_CPU_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def _windows_sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, batch: int, scale: float, lse: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Attention in B*nW windows: q, k, v (B*nW, heads, N, d) (any strides, last one 1); mask
+    (1 or nW, heads, N, N) additive, float32 (also for reduced-precision q). The fused kernel
+    takes a mask that broadcasts over the batch, not one that repeats every nW windows, so a
+    per-window mask runs one call per image. Returns (out (B*nW, heads, N, d), logsumexp)."""
+    if mask.shape[0] == 1 or batch == 1:
+        chunks = [(q, k, v)]
+    else:
+        nw = q.shape[0] // batch
+        chunks = [(q[i * nw : (i + 1) * nw], k[i * nw : (i + 1) * nw], v[i * nw : (i + 1) * nw]) for i in range(batch)]
+    outs, lses = [], []
+    for qi, ki, vi in chunks:
+        if _CPU_FLASH is not None and qi.device.type == "cpu":
+            o, l = _CPU_FLASH(qi, ki, vi, 0.0, False, attn_mask=mask, scale=scale)
+            lses.append(l)
+        else:
+            o = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask.to(qi.dtype), scale=scale)
+        outs.append(o)
+    out = outs[0] if len(outs) == 1 else torch.cat(outs)
+    if not lse:
+        return out, None
+    return out, lses[0] if len(lses) == 1 else torch.cat(lses)
+
+
+class _WindowAttentionFunction(torch.autograd.Function):
+    """Window attention with the relative position bias (and shift mask) as additive mask,
+    differentiable in q, k, v and the bias.
+
+    The fused CPU kernel does not differentiate its mask, and the unfused path keeps every
+    attention map alive until the backward pass. Here the forward runs the fused kernel and
+    keeps only q, k, v and the row log-sum-exp; the backward recomputes one block's attention
+    map at a time (softmax from the saved log-sum-exp, no max/sum pass). Same gradients, far
+    less memory over 24 blocks.
+    """
+
+    @staticmethod
+    def forward(ctx, qkv, bias, shift, batch, scale):  # type: ignore[override]
+        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # (B*nW, heads, N, d)
+        mask = bias.unsqueeze(0) if shift is None else bias.unsqueeze(0) + shift.unsqueeze(1)
+        out, lse = _windows_sdpa(q, k, v, mask, batch, scale, lse=True)
+        ctx.save_for_backward(qkv, lse, bias, shift)
+        ctx.batch, ctx.scale = batch, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):  # type: ignore[override]
+        qkv, lse, bias, shift = ctx.saved_tensors
+        scale = ctx.scale
+        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
+        bw, h, n, _ = q.shape
+        mask = bias.unsqueeze(0) if shift is None else bias.unsqueeze(0) + shift.unsqueeze(1)
+        s = torch.matmul(q, k.transpose(-2, -1)).float().mul_(scale)
+        s = s.view(ctx.batch, -1, h, n, n).add_(mask).view(bw, h, n, n)
+        p = s.sub_(lse.unsqueeze(-1)).exp_()  # the softmax, from the saved log-sum-exp
+        dout = dout.to(q.dtype)
+        dv = torch.matmul(p.to(q.dtype).transpose(-2, -1), dout)
+        dp = torch.matmul(dout, v.transpose(-2, -1)).float()
+        # rowsum(dO * O) = rowsum(P * dP) since O = P V: the output need not be kept.
+        delta = (p * dp).sum(-1, keepdim=True)
+        ds = dp.sub_(delta).mul_(p)  # gradient of the scores (pre-softmax logits)
+        del p
+        dbias = ds.view(-1, h, n, n).sum(0) if ctx.needs_input_grad[1] else None
+        ds = ds.to(q.dtype)
+        dq = torch.matmul(ds, k).mul_(scale)
+        dk = torch.matmul(ds.transpose(-2, -1), q).mul_(scale)
+        dqkv = torch.stack([dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)], dim=2)
+        return dqkv, dbias, None, None, None
+
+
 class WindowAttention(nn.Module):
-    """Multi-head self-attention inside windows with a learned relative position bias."""
+    """Multi-head self-attention inside windows with a learned relative position bias.
+
+    The block computes `qkv` on the map's own tokens, gathers them into windows, calls
+    `attend`, gathers the result back and applies `proj` (see `SwinBlock`).
+    """
 
     def __init__(self, dim: int, window: int, num_heads: int, qkv_bias: bool = True) -> None:
         super().__init__()
         self.dim = dim
         self.window = window
         self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, num_heads))
         # Persistent so the state_dict matches the official layout key for key.
         self.register_buffer("relative_position_index", relative_position_index(window))
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = Linear(dim, dim)
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
     def position_bias(self) -> torch.Tensor:
@@ -104,21 +225,50 @@ class WindowAttention(nn.Module):
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         return bias.view(n, n, self.num_heads).permute(2, 0, 1)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, nW, N, C) windows; mask: (nW, N, N) additive shift mask or None."""
-        b, nw, n, c = x.shape
+    def attention_mask(self, layout: WindowLayout) -> torch.Tensor:
+        """(1 or nW, heads, N, N) float32: position bias plus shift mask. In eval mode without
+        autograd it is cached (see `fast.py`) and rebuilt when the bias table changes."""
+
+        def build() -> torch.Tensor:
+            bias = self.position_bias().float().contiguous().unsqueeze(0)
+            return bias if layout.mask is None else bias + layout.mask.unsqueeze(1)
+
+        if cache_allowed(self):
+            return cached(self, "mask", (self.relative_position_bias_table,), build, extra=layout.key)
+        return build()
+
+    def attend(self, qkv: torch.Tensor, layout: WindowLayout, batch: int) -> torch.Tensor:
+        """qkv: (B, nW*N, 3C) window tokens -> (B, nW*N, C) attention output (before proj)."""
+        c = self.dim
         h = self.num_heads
-        qkv = self.qkv(x).view(b, nw, n, 3, h, c // h).permute(3, 0, 1, 4, 2, 5)
-        q, k, v = qkv.unbind(0)  # each (B, nW, heads, N, d)
-        bias = self.position_bias().to(q.dtype)
-        attn_mask = bias if mask is None else bias.unsqueeze(0) + mask.unsqueeze(1).to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        out = out.transpose(2, 3).reshape(b, nw, n, c)
-        return self.proj(out)
+        n = self.window * self.window
+        nw = layout.num_windows
+        qkv5 = qkv.view(batch * nw, n, 3, h, c // h)
+        table = self.relative_position_bias_table
+        if torch.is_grad_enabled() and (qkv.requires_grad or table.requires_grad):
+            if qkv.device.type == "cpu" and _CPU_FLASH is not None:
+                bias = self.position_bias()
+                out = _WindowAttentionFunction.apply(qkv5, bias, layout.mask, batch, self.scale)
+            else:  # CUDA: the memory-efficient kernel differentiates the mask itself
+                q, k, v = (t.transpose(1, 2) for t in qkv5.unbind(2))
+                bias = self.position_bias().unsqueeze(0)
+                mask = bias if layout.mask is None else bias + layout.mask.unsqueeze(1)
+                out, _ = _windows_sdpa(q, k, v, mask, batch, self.scale)
+        else:
+            q, k, v = (t.transpose(1, 2) for t in qkv5.unbind(2))
+            out, _ = _windows_sdpa(q, k, v, self.attention_mask(layout), batch, self.scale)
+        return out.transpose(1, 2).reshape(batch, nw * n, c)
 
 
 class SwinBlock(nn.Module):
-    """One (shifted-)window transformer block, official padding and shift order."""
+    """One (shifted-)window transformer block, official padding and shift order.
+
+    Equivalent to the official norm1 -> pad -> roll -> partition -> attention -> reverse ->
+    roll back -> crop, computed with less data movement: `qkv` runs on the map's own h*w tokens
+    (a padded token is a zero after norm1, so its q, k, v are exactly the qkv bias), one gather
+    forms the windows (padding positions get the bias), one gather takes the attention output
+    back to the map, and `proj` runs on the h*w tokens again.
+    """
 
     def __init__(
         self,
@@ -140,26 +290,32 @@ class SwinBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor, hw: tuple[int, int], mask: torch.Tensor | None) -> torch.Tensor:
-        """x: (B, H*W, C); mask: the stage's shift mask (used by shifted blocks only)."""
-        b, _, c = x.shape
-        h, w = hw
-        ws = self.window
-        y = self.norm1(x).view(b, h, w, c)
-        pad_b, pad_r = (-h) % ws, (-w) % ws
-        if pad_b or pad_r:
-            y = F.pad(y, (0, 0, 0, pad_r, 0, pad_b))
-        hp, wp = h + pad_b, w + pad_r
-        if self.shift:
-            y = torch.roll(y, shifts=(-self.shift, -self.shift), dims=(1, 2))
-        y = self.attn(window_partition(y, ws), mask if self.shift else None)
-        y = window_reverse(y, ws, hp, wp)
-        if self.shift:
-            y = torch.roll(y, shifts=(self.shift, self.shift), dims=(1, 2))
-        if pad_b or pad_r:
-            y = y[:, :h, :w, :]
-        x = x + self.drop_path(y.reshape(b, h * w, c))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+    def forward(self, x: torch.Tensor, layout: WindowLayout) -> torch.Tensor:
+        """x: (B, H*W, C); layout: this block's window layout (shifted or not) for the map."""
+        b = x.shape[0]
+        lean = torch.is_grad_enabled() and x.requires_grad
+        norm1, norm2, qkv_layer = self.norm1, self.norm2, self.attn.qkv
+        if lean:
+            args = (x, norm1.weight, norm1.bias, norm1.eps, qkv_layer.weight, qkv_layer.bias)
+            qkv = LayerNormLinear.apply(*args)  # (B, HW, 3C)
+        else:
+            qkv = qkv_layer(norm1(x))
+        win = qkv.index_select(1, layout.gather)  # (B, nW*N, 3C)
+        if layout.pad is not None:
+            qkv_bias = qkv_layer.bias
+            if qkv_bias is None:
+                win.index_fill_(1, layout.pad, 0.0)
+            else:
+                fill = qkv_bias.to(win.dtype).expand(b, layout.pad.numel(), qkv_bias.numel())
+                win.index_copy_(1, layout.pad, fill)
+        y = self.attn.attend(win, layout, b)
+        y = self.attn.proj(y.index_select(1, layout.scatter))
+        x = x + self.drop_path(y)
+        if lean:
+            mlp = self.mlp
+            args = (x, norm2.weight, norm2.bias, norm2.eps, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias)
+            return x + self.drop_path(LayerNormMlp.apply(*args))
+        return x + self.drop_path(self.mlp(norm2(x)))
 
 
 class PatchMerging(nn.Module):
@@ -167,7 +323,7 @@ class PatchMerging(nn.Module):
 
     def __init__(self, dim: int, norm_eps: float = 1e-5) -> None:
         super().__init__()
-        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.reduction = Linear(4 * dim, 2 * dim, bias=False)
         self.norm = nn.LayerNorm(4 * dim, eps=norm_eps)
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:

@@ -1,0 +1,287 @@
+"""The fast paths compute what the plain ones do.
+
+Guards the speed and memory work in `lavt.models` (swin.py, lean.py, fast.py): inference
+caches are rebuilt when weights change and never used in training, the memory-lean autograd
+functions give the exact gradients, batched and shared-stem forwards equal separate ones, and
+bfloat16 autocast stays close to float32.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lavt
+from lavt.models import LAVT
+from lavt.models.fast import _CACHE_ATTR
+from lavt.models.lean import LayerNormLinear, LayerNormMlp
+from lavt.models.swin import SwinBlock, _WindowAttentionFunction, shift_mask, window_partition, window_reverse
+from tests.conftest import tiny_config
+
+
+def _randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Weights at the scale of trained ones (Swin's init makes attention and gates trivial)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if not t.is_floating_point():
+                continue
+            if name.endswith("running_var"):
+                t.copy_(0.5 + torch.rand(t.shape, generator=g))
+            elif t.ndim >= 2:
+                t.copy_(torch.randn(t.shape, generator=g) * (0.5 if "bias_table" in name else t[0].numel() ** -0.5))
+            elif name.endswith("weight"):
+                t.copy_(0.5 + torch.rand(t.shape, generator=g))
+            else:
+                t.copy_(torch.randn(t.shape, generator=g) * 0.1)
+    return model
+
+
+def _model(**kw) -> LAVT:
+    return _randomise(LAVT(tiny_config(text_encoder=None, **kw))).eval()
+
+
+def _inputs(b=2, n=6, dim=32, h=40, w=56, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    image = torch.randn(b, 3, h, w, generator=g)
+    l = torch.randn(b, n, dim, generator=g)
+    mask = torch.ones(b, n, dtype=torch.long)
+    mask[0, 4:] = 0
+    return image, l, mask
+
+
+def _caches(model: torch.nn.Module) -> int:
+    return sum(_CACHE_ATTR in m.__dict__ for m in model.modules())
+
+
+def _fresh_copy(model: LAVT) -> LAVT:
+    """A new model with the same weights and no caches."""
+    other = LAVT(model.config).eval()
+    other.load_state_dict(model.state_dict())
+    return other
+
+
+# ------------------------------------------------------------------ inference caches
+@pytest.mark.parametrize("autocast", [False, True])
+def test_caches_follow_weight_updates(autocast):
+    """Cached masks (relative position bias), folded BatchNorms and bf16 weight copies are
+    rebuilt after in-place weight changes: the result equals a fresh model's."""
+    model = _model()
+    image, l, mask = _inputs()
+    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if autocast else contextlib.nullcontext
+
+    def run(m):
+        with torch.inference_mode(), ctx():
+            return m(image, text_features=l, text_mask=mask).float()
+
+    first = run(model)
+    assert _caches(model) > 0
+    torch.testing.assert_close(run(model), first, atol=0, rtol=0)  # cache hit: identical
+    with torch.no_grad():
+        model.backbone.layers[1].blocks[1].attn.relative_position_bias_table.mul_(-1.5)
+        model.classifier.bn1_2.running_var.mul_(3.0)
+        model.classifier.conv2_3.weight.add_(0.05)
+        model.backbone.layers[3].blocks[0].mlp.fc1.weight.mul_(0.5)
+    updated = run(model)
+    assert (updated - first).abs().max() > 1e-2
+    torch.testing.assert_close(updated, run(_fresh_copy(model)), atol=0, rtol=0)
+
+
+def test_load_state_dict_invalidates_caches():
+    model, other = _model(), _randomise(LAVT(tiny_config(text_encoder=None)), seed=1).eval()
+    image, l, mask = _inputs()
+    with torch.inference_mode():
+        model(image, text_features=l, text_mask=mask)
+        model.load_state_dict(other.state_dict())
+        torch.testing.assert_close(
+            model(image, text_features=l, text_mask=mask), other(image, text_features=l, text_mask=mask), atol=0, rtol=0
+        )
+
+
+def test_no_caches_in_training_or_with_autograd():
+    model = _model()
+    image, l, mask = _inputs()
+    with torch.inference_mode():
+        model(image, text_features=l, text_mask=mask)
+    assert _caches(model) > 0
+    model.train()
+    assert _caches(model) == 0  # train() drops them
+    model(image, text_features=l, text_mask=mask).sum().backward()
+    assert _caches(model) == 0
+    model.eval()
+    model(image, text_features=l, text_mask=mask)  # eval, autograd on: nothing cached either
+    assert _caches(model) == 0
+
+
+def test_eval_fast_path_equals_train_path_without_randomness():
+    """Eval (folded BatchNorm, cached masks) and the autograd path agree when BatchNorm uses its
+    running statistics and no dropout/drop-path is drawn."""
+    model = _model(drop_path_rate=0.0)
+    image, l, mask = _inputs()
+    with torch.inference_mode():
+        fast = model(image, text_features=l, text_mask=mask)
+    slow = model(image, text_features=l, text_mask=mask)  # eval mode, autograd recording
+    assert slow.requires_grad
+    torch.testing.assert_close(fast, slow.detach(), atol=2e-5, rtol=0)
+
+
+# ------------------------------------------------------------------ batching and stem sharing
+def test_batched_forward_equals_separate_forwards():
+    """Shifted windows run one fused-attention call per image when batched: same results."""
+    model = _model()
+    image, l, mask = _inputs(b=3)
+    with torch.inference_mode():
+        together = model(image, text_features=l, text_mask=mask)
+        apart = torch.cat([model(image[i : i + 1], text_features=l[i : i + 1], text_mask=mask[i : i + 1]) for i in range(3)])
+    torch.testing.assert_close(together, apart, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_segment_expressions_equals_separate_forwards(autocast):
+    model = _model()
+    image, l, mask = _inputs(b=3)
+    image = image[:1]
+    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if autocast else contextlib.nullcontext
+    with torch.inference_mode(), ctx():
+        shared = model.segment_expressions(image, text_features=l, text_mask=mask)
+        apart = torch.cat([model(image, text_features=l[i : i + 1], text_mask=mask[i : i + 1]) for i in range(3)])
+    # bf16: same operations per expression, but GEMM blocking may differ with the batch size
+    torch.testing.assert_close(shared, apart, atol=5e-2 if autocast else 2e-5, rtol=0)
+
+
+# ------------------------------------------------------------------ exact gradients
+def test_window_attention_function_gradients():
+    """The fused-forward / recomputing-backward window attention, in float64, against
+    numerical derivatives: with and without shift mask, several images."""
+    g = torch.Generator().manual_seed(0)
+    batch, nw, n, heads, d = 2, 3, 4, 2, 3
+    qkv = torch.randn(batch * nw, n, 3, heads, d, generator=g, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(heads, n, n, generator=g, dtype=torch.float64, requires_grad=True)
+    shift = torch.randn(nw, n, n, generator=g, dtype=torch.float64)
+    for mask in (shift, None):
+        assert torch.autograd.gradcheck(lambda a, b: _WindowAttentionFunction.apply(a, b, mask, batch, 0.5), (qkv, bias))
+
+
+def test_lean_layer_norm_functions_gradients():
+    g = torch.Generator().manual_seed(0)
+
+    def t(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+
+    x, lw, lb, w1, b1, w2, b2 = t(2, 5, 4), t(4), t(4), t(8, 4), t(8), t(4, 8), t(4)
+    assert torch.autograd.gradcheck(lambda *a: LayerNormMlp.apply(a[0], a[1], a[2], 1e-5, *a[3:]), (x, lw, lb, w1, b1, w2, b2))
+    assert torch.autograd.gradcheck(lambda *a: LayerNormLinear.apply(a[0], a[1], a[2], 1e-5, *a[3:]), (x, lw, lb, w1, b1))
+
+
+def _reference_block(blk: SwinBlock, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """The official Swin-seg block, written out with plain autograd ops."""
+    b, _, c = x.shape
+    ws, shift, attn = blk.window, blk.shift, blk.attn
+    y = blk.norm1(x).view(b, h, w, c)
+    pad_b, pad_r = (-h) % ws, (-w) % ws
+    y = F.pad(y, (0, 0, 0, pad_r, 0, pad_b))
+    hp, wp = h + pad_b, w + pad_r
+    if shift:
+        y = torch.roll(y, (-shift, -shift), (1, 2))
+    win = window_partition(y, ws)  # b, nW, N, C
+    nw, n = win.shape[1], win.shape[2]
+    qkv = attn.qkv(win).view(b, nw, n, 3, attn.num_heads, c // attn.num_heads).permute(3, 0, 1, 4, 2, 5)
+    q, k, v = qkv[0] * attn.scale, qkv[1], qkv[2]
+    scores = q @ k.transpose(-2, -1) + attn.position_bias()
+    if shift:
+        scores = scores + shift_mask(hp, wp, ws, shift, x.device)[None, :, None]
+    out = (scores.softmax(-1) @ v).transpose(2, 3).reshape(b, nw, n, c)
+    y = window_reverse(attn.proj(out), ws, hp, wp)
+    if shift:
+        y = torch.roll(y, (shift, shift), (1, 2))
+    x = x + y[:, :h, :w].reshape(b, h * w, c)
+    return x + blk.mlp(blk.norm2(x))
+
+
+@pytest.mark.parametrize("shift", [0, 2])
+def test_swin_block_gradients_match_plain_autograd(shift):
+    """The training path (lean LayerNorm/MLP functions, gathered windows, fused attention with
+    recomputing backward) against the official computation with plain autograd: values and
+    the gradients of the input and of every parameter, on a padded map, batch 2."""
+    torch.manual_seed(0)
+    blk = _randomise(SwinBlock(16, 2, 4, shift)).train()
+    from lavt.models.swin import window_layout
+
+    h, w = 6, 7
+    x = torch.randn(2, h * w, 16, requires_grad=True)
+    layout = window_layout(h, w, 4, shift, x.device)
+    out = blk(x, layout)
+    ref = _reference_block(blk, x, h, w)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+    gout = torch.randn_like(out)
+    params = [x] + list(blk.parameters())
+    grads = torch.autograd.grad(out, params, gout)
+    refs = torch.autograd.grad(ref, params, gout)
+    names = ["x"] + [n for n, _ in blk.named_parameters()]
+    for name, a, r in zip(names, grads, refs):
+        torch.testing.assert_close(a, r, atol=2e-5, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+
+
+def test_activation_checkpointing_same_gradients():
+    image, l, mask = _inputs()
+    grads = []
+    for ckpt in (False, True):
+        model = _model(use_checkpoint=ckpt, drop_path_rate=0.0)
+        model.eval()  # BatchNorm running statistics: deterministic
+        model(image, text_features=l, text_mask=mask).square().mean().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+def test_bf16_autocast_training_step():
+    """A bf16 autocast step gives float32 gradients close to the float32 step's."""
+    image, l, mask = _inputs()
+    grads = {}
+    for prec in ("fp32", "bf16"):
+        model = _model(drop_path_rate=0.0)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=prec == "bf16"):
+            out = model(image, text_features=l, text_mask=mask)
+        assert out.dtype == torch.float32
+        out.square().mean().backward()
+        grads[prec] = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    assert grads["bf16"].dtype == torch.float32 and torch.isfinite(grads["bf16"]).all()
+    cos = F.cosine_similarity(grads["bf16"], grads["fp32"], dim=0)
+    assert cos > 0.99
+
+
+# ------------------------------------------------------------------ bf16 accuracy on the golden model
+@pytest.mark.parametrize("name", ["lavt_tiny", "lavt_one_tiny"])
+def test_bf16_autocast_close_to_official(golden_dir, name):
+    """Issue 6's criterion: mean |bf16 - fp32| at most 5% of the logits' standard deviation."""
+    d = torch.load(golden_dir / f"{name}.pt", weights_only=True)
+    cfg = d["config"]
+    if cfg["model"] == "lavt":
+        model = lavt.load_official(d["state_dict"], pwam_heads=cfg["num_heads_fusion"])
+        args, kw = (d["image"],), dict(text_features=d["l_feats"].transpose(1, 2), text_mask=d["l_mask"])
+    else:
+        model = lavt.load_official({"model": d["state_dict"]}, pwam_heads=cfg["num_heads_fusion"])
+        args, kw = (d["image"], d["input_ids"], d["attention_mask"]), {}
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(*args, **kw)
+    assert logits.dtype == torch.float32
+    ref = d["logits"]
+    assert (logits - ref).abs().mean() <= 0.05 * ref.std()
+    assert (logits.argmax(1) != ref.argmax(1)).float().mean() < 0.05
+
+
+def test_deepcopy_keeps_working():
+    model = _model()
+    image, l, mask = _inputs()
+    with torch.inference_mode():
+        a = model(image, text_features=l, text_mask=mask)
+        twin = copy.deepcopy(model)
+        with torch.no_grad():
+            twin.backbone.layers[1].blocks[1].attn.relative_position_bias_table.zero_()
+        b = twin(image, text_features=l, text_mask=mask)
+        torch.testing.assert_close(model(image, text_features=l, text_mask=mask), a, atol=0, rtol=0)
+        torch.testing.assert_close(b, _fresh_copy(twin)(image, text_features=l, text_mask=mask), atol=0, rtol=0)
