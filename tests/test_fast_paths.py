@@ -285,3 +285,16 @@ def test_deepcopy_keeps_working():
         b = twin(image, text_features=l, text_mask=mask)
         torch.testing.assert_close(model(image, text_features=l, text_mask=mask), a, atol=0, rtol=0)
         torch.testing.assert_close(b, _fresh_copy(twin)(image, text_features=l, text_mask=mask), atol=0, rtol=0)
+
+
+def test_pwam_reduced_precision_path_is_the_same_function():
+    """The bf16 path of PixelWordAttention (float32 attention, W on the pixel-centred output)
+    computes the same function: run in float32 it equals the plain path."""
+    from lavt.models.fusion import PixelWordAttention
+
+    torch.manual_seed(0)
+    att = _randomise(PixelWordAttention(16, 12, 16, 16, heads=2, norm="instance"))
+    x, l = torch.randn(2, 30, 16) * 2 + 1, torch.randn(2, 5, 12)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    with torch.no_grad():
+        torch.testing.assert_close(att._forward_reduced_precision(x, l, mask), att(x, l, mask), atol=2e-5, rtol=0)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lavt.models.fast import Linear, autocast_dtype, cache_allowed, cached
+from lavt.models.fast import Linear, autocast_dtype, cache_allowed, cached, low_precision
 
 
 class PointwiseConv(nn.Conv1d):
@@ -40,16 +40,18 @@ class SpatialNorm(nn.Module):
         # The official InstanceNorm1d has no parameters; the LayerNorm variant gets its own.
         self.ln = nn.LayerNorm(dim, eps=eps) if kind == "layer" else None
 
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Instance norm with float32 statistics and result, whatever the input dtype (a sum
+        over thousands of pixels). Two contiguous passes (mean, then mean of squared
+        deviations) are ~3x faster than var_mean's strided reduction over the pixel axis."""
+        xf = x.float()
+        centered = xf - xf.mean(dim=1, keepdim=True)
+        rstd = torch.rsqrt(centered.square().mean(dim=1, keepdim=True) + self.eps)
+        return centered.mul_(rstd) if not torch.is_grad_enabled() else centered * rstd
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "instance":
-            # Statistics in float32 even under autocast: a sum over thousands of pixels.
-            # Two contiguous passes (mean, then mean of squared deviations) are ~3x faster
-            # than var_mean's strided reduction over the pixel axis of (B, HW, C).
-            xf = x.float()
-            centered = xf - xf.mean(dim=1, keepdim=True)
-            rstd = torch.rsqrt(centered.square().mean(dim=1, keepdim=True) + self.eps)
-            out = centered.mul_(rstd) if not torch.is_grad_enabled() else centered * rstd
-            return out.to(x.dtype)
+            return self.normalise(x).to(x.dtype)
         if self.kind == "layer":
             return self.ln(x)
         return x
@@ -87,6 +89,8 @@ class PixelWordAttention(nn.Module):
         b, hw, _ = x.shape
         n = l.shape[1]
         h = self.heads
+        if low_precision(x) and isinstance(self.f_query[1], SpatialNorm) and self.f_query[1].kind == "instance":
+            return self._forward_reduced_precision(x, l, l_mask)
         m = l_mask.to(l.dtype).unsqueeze(-1)  # B, N, 1
         q = self.f_query(x).view(b, hw, h, -1).transpose(1, 2)  # B, h, HW, d
         k = (self.f_key(l) * m).view(b, n, h, -1).transpose(1, 2)  # B, h, N, d
@@ -95,6 +99,38 @@ class PixelWordAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.key_dim**-0.5)
         out = out.transpose(1, 2).reshape(b, hw, self.value_dim)
         return self.W(out)
+
+    def _forward_reduced_precision(self, x: torch.Tensor, l: torch.Tensor, l_mask: torch.Tensor) -> torch.Tensor:
+        """Under bf16/fp16 autocast, the same function with its sensitive part in float32.
+
+        The attended output is a mix of at most N word vectors, so over the pixels it varies
+        little around its mean; W and the instance norm then blow that variation up to unit
+        variance. Rounding the attention inputs/output to bf16 (3 significant digits of the
+        mean) would dominate the whole model's bf16 error. So: query kept in float32 from its
+        instance norm, keys and values in float32 (N words: cheap), attention in float32, and
+        W applied to the output *centred over the pixels*: InstanceNorm(W o + b) equals
+        InstanceNorm(W (o - mean(o))) exactly, and the centred values round well.
+        """
+        b, hw, _ = x.shape
+        n = l.shape[1]
+        h = self.heads
+        dev = x.device.type
+        query_conv, query_norm = self.f_query[0], self.f_query[1]
+        q = query_norm.normalise(query_conv(x))  # float32
+        with torch.autocast(dev, enabled=False):
+            lf = l.float()
+            m = l_mask.to(lf.dtype).unsqueeze(-1)
+            k = F.linear(lf, self.f_key[0].weight.squeeze(-1).float(), self.f_key[0].bias.float()) * m
+            v = F.linear(lf, self.f_value[0].weight.squeeze(-1).float(), self.f_value[0].bias.float()) * m
+            q = q.view(b, hw, h, -1).transpose(1, 2)
+            k = k.view(b, n, h, -1).transpose(1, 2)
+            v = v.view(b, n, h, -1).transpose(1, 2)
+            bias = (1e4 * l_mask.to(q.dtype) - 1e4).view(b, 1, 1, n)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.key_dim**-0.5)
+            out = out.transpose(1, 2).reshape(b, hw, self.value_dim)
+            out = out - out.mean(dim=1, keepdim=True)
+        w_conv, w_norm = self.W[0], self.W[1]
+        return w_norm(w_conv(out.to(autocast_dtype(dev) or x.dtype)))
 
 
 class PWAM(nn.Module):
