@@ -192,3 +192,19 @@ def test_absolute_position_embedding_option_round_trips():
         with_pos = model(image, text_features=feats, text_mask=mask)
         model.backbone.absolute_pos_embed.normal_()
         assert (model(image, text_features=feats, text_mask=mask) - with_pos).abs().max() > 1e-4
+
+
+def test_half_precision_storage(tmp_path):
+    torch.manual_seed(0)
+    model = LAVT(tiny_config()).eval()
+    full = model.save_pretrained(tmp_path / "f32")
+    half = model.save_pretrained(tmp_path / "f16", dtype=torch.float16)
+    size32 = (full / "model.safetensors").stat().st_size
+    size16 = (half / "model.safetensors").stat().st_size
+    assert size16 < 0.6 * size32
+    again = LAVT.from_pretrained(half)
+    assert all(p.dtype == torch.float32 for p in again.parameters())
+    image, ids = torch.randn(1, 3, 48, 48), torch.tensor([[101, 2417, 102]])
+    with torch.no_grad():
+        a, b = model(image, ids, torch.ones_like(ids)), again(image, ids, torch.ones_like(ids))
+    assert (a - b).abs().max() < 1e-2 and (a.argmax(1) != b.argmax(1)).float().mean() < 0.01

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from lavt.errors import LAVTUserError
 
@@ -150,7 +151,8 @@ def run_train(out: Path, recipe: Any, seed: int = EVAL_SEED, images: int = 120) 
     model_dir = out / "model"
     if model_dir.exists():
         shutil.rmtree(model_dir)
-    result.model.save_pretrained(model_dir, tokenizer=result.tokenizer)
+    # float16 storage: the shipped model must stay under 10 MB; outputs change by ~1e-3 at most
+    result.model.save_pretrained(model_dir, tokenizer=result.tokenizer, dtype=torch.float16)
     (model_dir / "training.json").write_text(json.dumps({"recipe": recipe.to_dict(), "train_seconds": round(result.seconds, 1)}, indent=2) + "\n")
     curve = plot_history(result.history, out / "training_curve.png")
     results = evaluate_demo(model_dir, out, seed, images, recipe.precision)

@@ -39,6 +39,7 @@ class DemoRecipe:
     decoder_hidden: int = 64  # the official 4 * embed_dim makes the 1/4-scale convs dominate the step
     pwam_heads: tuple[int, ...] = (1, 2, 2, 4)
     ape: bool = True  # Swin's absolute position embedding: "leftmost", "at the top" need absolute position
+    decoder_features: str = "multimodal"
     drop_path_rate: float = 0.1
     steps: int = 1200
     batch_size: int = 16
@@ -68,6 +69,7 @@ class DemoRecipe:
             drop_path_rate=self.drop_path_rate,
             pwam_heads=self.pwam_heads,
             ape=self.ape,
+            decoder_features=self.decoder_features,
             text_dim=bert["hidden_size"],
             text_encoder=bert,
             text_encoder_weights=PACKAGED_MINILM,

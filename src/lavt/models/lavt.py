@@ -180,8 +180,12 @@ class LAVT(nn.Module):
         return self._decode(feats, tuple(image.shape[-2:]))
 
     # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, folder: str | Path, tokenizer: Any = None) -> Path:
-        """Write config.json + model.safetensors (and the tokenizer's files when given)."""
+    def save_pretrained(self, folder: str | Path, tokenizer: Any = None, dtype: torch.dtype | None = None) -> Path:
+        """Write config.json + model.safetensors (and the tokenizer's files when given).
+
+        `dtype` (e.g. torch.float16) stores floating-point weights at that precision to halve
+        the file; `from_pretrained` loads them back into the model's float32 parameters.
+        """
         from safetensors.torch import save_file
 
         folder = Path(folder)
@@ -191,6 +195,8 @@ class LAVT(nn.Module):
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         if self.config.text_encoder_weights:  # frozen encoder stored elsewhere: keep the file small
             state = {k: v for k, v in state.items() if not k.startswith("text_encoder.")}
+        if dtype is not None:
+            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
         save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
         if tokenizer is not None:
             tokenizer.save_pretrained(folder)
