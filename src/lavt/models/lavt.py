@@ -131,12 +131,7 @@ class LAVT(nn.Module):
         text_features: torch.Tensor | None = None,
         text_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        self._check_image(image)
-        n = self._check_text(input_ids, attention_mask, text_features, text_mask)
-        if n != image.shape[0]:
-            raise ValueError(f"batch sizes differ: {image.shape[0]} images but {n} expressions")
-        l, m = self._language(input_ids, attention_mask, text_features, text_mask)
-        feats = self.backbone(image, l, m)
+        feats = self.features(image, input_ids, attention_mask, text_features=text_features, text_mask=text_mask)
         return self._decode(feats, tuple(image.shape[-2:]))
 
     def features(
@@ -150,7 +145,9 @@ class LAVT(nn.Module):
     ) -> list[torch.Tensor]:
         """The four normalised decoder inputs [F1..F4], each (B, C_i, H_i, W_i)."""
         self._check_image(image)
-        self._check_text(input_ids, attention_mask, text_features, text_mask)
+        n = self._check_text(input_ids, attention_mask, text_features, text_mask)
+        if n != image.shape[0]:
+            raise ValueError(f"batch sizes differ: {image.shape[0]} images but {n} expressions")
         l, m = self._language(input_ids, attention_mask, text_features, text_mask)
         return self.backbone(image, l, m)
 
