@@ -45,7 +45,7 @@ class SimpleDecoding(nn.Module):
             dt = autocast_dtype(x.device.type) or x.dtype
             w, b = folded_conv_bn(conv, bn, dt, channels_last)
             return F.relu_(F.conv2d(x.to(dt), w, b, conv.stride, conv.padding))
-        return F.relu(bn(conv(x)))
+        return F.relu(bn(conv(x)), inplace=True)  # BatchNorm's backward needs its input, not its output
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         """feats: [F1, F2, F3, F4] as (B, C_i, H_i, W_i) -> logits (B, classes, H_1, W_1).

@@ -126,6 +126,7 @@ def window_layout(h: int, w: int, window: int, shift: int, device: torch.device)
 
 
 _CPU_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+_BACKWARD_CHUNK_BYTES = 2 << 20  # attention-map bytes per step of the window-attention backward
 
 
 def _windows_sdpa(
@@ -177,29 +178,47 @@ class _WindowAttentionFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):  # type: ignore[override]
         qkv, lse, bias, shift = ctx.saved_tensors
-        scale = ctx.scale
-        # (B*nW, heads, N, d), each copied once: matmul would copy the strided views per use.
-        q, k, v = (t.transpose(1, 2).contiguous() for t in qkv.unbind(2))
-        bw, h, n, _ = q.shape
-        mask = bias.unsqueeze(0) if shift is None else bias.unsqueeze(0) + shift.unsqueeze(1)
-        s = torch.matmul(q, k.transpose(-2, -1)).float().mul_(scale)
-        s = s.view(ctx.batch, -1, h, n, n).add_(mask).view(bw, h, n, n)
-        # The softmax, from the saved log-sum-exp. Probabilities below e^-87 (the -100 shift
-        # mask gives ~e^-100) are set to exactly 0: as float32 denormals they would slow exp
-        # and every product with them ~10x on x86, and they change nothing.
-        p = F.threshold_(s.sub_(lse.unsqueeze(-1)), -87.0, float("-inf")).exp_()
-        dout = dout.to(q.dtype)
-        dv = torch.matmul(p.to(q.dtype).transpose(-2, -1), dout)
-        dp = torch.matmul(dout, v.transpose(-2, -1)).float()
-        # rowsum(dO * O) = rowsum(P * dP) since O = P V: the output need not be kept.
-        delta = (p * dp).sum(-1, keepdim=True)
-        ds = dp.sub_(delta).mul_(p)  # gradient of the scores (pre-softmax logits)
-        del p
-        dbias = ds.view(-1, h, n, n).sum(0) if ctx.needs_input_grad[1] else None
-        ds = ds.to(q.dtype)
-        dq = torch.matmul(ds, k).mul_(scale)
-        dk = torch.matmul(ds.transpose(-2, -1), q).mul_(scale)
-        dqkv = torch.stack([dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)], dim=2)
+        scale, batch = ctx.scale, ctx.batch
+        bw, n, _, h, _ = qkv.shape
+        nw = bw // batch
+        # Float32 throughout (also for bf16 q, k, v): the (N, d) operands are cast once,
+        # cheaply, instead of casting (N, N) maps back and forth.
+        f32 = dict(dtype=torch.float32, memory_format=torch.contiguous_format)
+        q, k, v = (t.transpose(1, 2).to(**f32) for t in qkv.unbind(2))  # (B*nW, heads, N, d)
+        kt, vt = k.transpose(-2, -1).contiguous(), v.transpose(-2, -1).contiguous()
+        dout = dout.to(**f32)
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        bias = bias.float()
+        dbias = torch.zeros_like(bias) if ctx.needs_input_grad[1] else None
+        # A few windows at a time: the (N, N) maps of a chunk stay in cache and their memory
+        # is recycled by the allocator, where whole-block maps (tens of MB) would be fresh
+        # pages on every call.
+        step = max(1, _BACKWARD_CHUNK_BYTES // (h * n * n * 4))
+        for b in range(batch):
+            for w0 in range(0, nw, step):
+                w1 = min(nw, w0 + step)
+                sl = slice(b * nw + w0, b * nw + w1)
+                qc, doc = q[sl], dout[sl]
+                s = torch.matmul(qc, kt[sl]).mul_(scale).add_(bias)
+                if shift is not None:
+                    s.add_(shift[w0:w1, None])
+                # The softmax, from the saved log-sum-exp. Probabilities below e^-60 (the -100
+                # shift mask gives ~e^-100) become exact zeros: as float32 denormals, they and
+                # their products would slow exp and the multiplications ~10x on x86, and they
+                # change nothing.
+                p = F.threshold_(s.sub_(lse[sl].unsqueeze(-1)), -60.0, float("-inf")).exp_()
+                torch.matmul(p.transpose(-2, -1), doc, out=dv[sl])
+                # rowsum(dO * O) with O = P V recomputed (O is not kept from the forward).
+                delta = (doc * torch.matmul(p, v[sl])).sum(-1, keepdim=True)
+                ds = torch.matmul(doc, vt[sl]).sub_(delta).mul_(p)  # d(scores)
+                if dbias is not None:
+                    dbias += ds.sum(0)
+                torch.matmul(ds, k[sl], out=dq[sl])
+                torch.matmul(ds.transpose(-2, -1), qc, out=dk[sl])
+        dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)  # (B*nW, N, 3, heads, d)
+        for i, g in enumerate((dq, dk, dv)):
+            dqkv[:, :, i].copy_(g.transpose(1, 2))
+        dqkv[:, :, :2].mul_(scale)
         return dqkv, dbias, None, None, None
 
 
