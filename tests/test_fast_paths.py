@@ -153,16 +153,21 @@ def test_segment_expressions_equals_separate_forwards(autocast):
 
 
 # ------------------------------------------------------------------ exact gradients
-def test_window_attention_function_gradients():
-    """The fused-forward / recomputing-backward window attention, in float64, against
-    numerical derivatives: with and without shift mask, several images."""
+@pytest.mark.parametrize("shift", [0, 2])
+def test_window_attention_function_gradients(shift):
+    """The fused-forward / recomputing-backward window attention (tokens -> windows ->
+    attention -> tokens), in float64, against numerical derivatives: padded map, two images,
+    gradients of the tokens, the qkv bias (padding tokens) and the position bias."""
+    from lavt.models.swin import window_layout
+
     g = torch.Generator().manual_seed(0)
-    batch, nw, n, heads, d = 2, 3, 4, 2, 3
-    qkv = torch.randn(batch * nw, n, 3, heads, d, generator=g, dtype=torch.float64, requires_grad=True)
-    bias = torch.randn(heads, n, n, generator=g, dtype=torch.float64, requires_grad=True)
-    shift = torch.randn(nw, n, n, generator=g, dtype=torch.float64)
-    for mask in (shift, None):
-        assert torch.autograd.gradcheck(lambda a, b: _WindowAttentionFunction.apply(a, b, mask, batch, 0.5), (qkv, bias))
+    heads, d, h, w = 2, 3, 5, 6
+    layout = window_layout(h, w, 4, shift, torch.device("cpu"))
+    qkv = torch.randn(2, h * w, 3 * heads * d, generator=g, dtype=torch.float64, requires_grad=True)
+    qkv_bias = torch.randn(3 * heads * d, generator=g, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(heads, 16, 16, generator=g, dtype=torch.float64, requires_grad=True)
+    fn = lambda a, qb, b: _WindowAttentionFunction.apply(a, qb, b, layout, heads, 0.5)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (qkv, qkv_bias, bias))
 
 
 def test_lean_layer_norm_functions_gradients():

@@ -155,49 +155,78 @@ def _windows_sdpa(
     return out, lses[0] if len(lses) == 1 else torch.cat(lses)
 
 
+def _to_windows(qkv: torch.Tensor, layout: WindowLayout, qkv_bias: torch.Tensor | None) -> torch.Tensor:
+    """(B, H*W, 3C) tokens -> (B, nW*N, 3C) window tokens in the official pad/roll/partition
+    order. A padding token is a zero after norm1, so its q, k, v are exactly the qkv bias."""
+    win = qkv.index_select(1, layout.gather)
+    if layout.pad is not None:
+        if qkv_bias is None:
+            win.index_fill_(1, layout.pad, 0.0)
+        else:
+            win.index_copy_(1, layout.pad, qkv_bias.to(win.dtype).expand(win.shape[0], layout.pad.numel(), win.shape[2]))
+    return win
+
+
 class _WindowAttentionFunction(torch.autograd.Function):
-    """Window attention with the relative position bias (and shift mask) as additive mask,
-    differentiable in q, k, v and the bias.
+    """Shifted-window attention from (B, H*W, 3C) tokens to (B, H*W, C) tokens (before proj),
+    with the relative position bias and the shift mask as additive mask; differentiable in the
+    tokens, the qkv bias (through the padding tokens) and the position bias.
 
     The fused CPU kernel does not differentiate its mask, and the unfused path keeps every
     attention map alive until the backward pass. Here the forward runs the fused kernel and
-    keeps only q, k, v and the row log-sum-exp; the backward recomputes one block's attention
-    map at a time (softmax from the saved log-sum-exp, no max/sum pass). Same gradients, far
-    less memory over 24 blocks.
+    keeps only the unpadded qkv tokens and the row log-sum-exp; the backward re-forms the
+    windows and recomputes the attention maps a few windows at a time (softmax from the saved
+    log-sum-exp). The window gathers are permutations of the real tokens, so their gradients
+    are gathers with the inverse permutation (no zero fill, no scatter-add).
     """
 
     @staticmethod
-    def forward(ctx, qkv, bias, shift, batch, scale):  # type: ignore[override]
-        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # (B*nW, heads, N, d)
-        mask = bias.unsqueeze(0) if shift is None else bias.unsqueeze(0) + shift.unsqueeze(1)
-        out, lse = _windows_sdpa(q, k, v, mask, batch, scale, lse=True)
-        ctx.save_for_backward(qkv, lse, bias, shift)
-        ctx.batch, ctx.scale = batch, scale
-        return out
+    def forward(ctx, qkv, qkv_bias, bias, layout, heads, scale):  # type: ignore[override]
+        b, _, c3 = qkv.shape
+        c, nw = c3 // 3, layout.num_windows
+        n = layout.gather.numel() // nw
+        win = _to_windows(qkv, layout, qkv_bias)
+        q, k, v = (t.transpose(1, 2) for t in win.view(b * nw, n, 3, heads, c // heads).unbind(2))
+        mask = bias.unsqueeze(0) if layout.mask is None else bias.unsqueeze(0) + layout.mask.unsqueeze(1)
+        out, lse = _windows_sdpa(q, k, v, mask, b, scale, lse=True)
+        ctx.save_for_backward(qkv, qkv_bias, lse, bias)
+        ctx.layout, ctx.heads, ctx.scale = layout, heads, scale
+        return out.transpose(1, 2).reshape(b, nw * n, c).index_select(1, layout.scatter)
 
     @staticmethod
-    def backward(ctx, dout):  # type: ignore[override]
-        qkv, lse, bias, shift = ctx.saved_tensors
-        scale, batch = ctx.scale, ctx.batch
-        bw, n, _, h, _ = qkv.shape
-        nw = bw // batch
-        # Float32 throughout (also for bf16 q, k, v): the (N, d) operands are cast once,
-        # cheaply, instead of casting (N, N) maps back and forth.
-        f32 = dict(dtype=torch.float32, memory_format=torch.contiguous_format)
-        q, k, v = (t.transpose(1, 2).to(**f32) for t in qkv.unbind(2))  # (B*nW, heads, N, d)
+    def backward(ctx, dy):  # type: ignore[override]
+        qkv, qkv_bias, lse, bias = ctx.saved_tensors
+        layout, h, scale = ctx.layout, ctx.heads, ctx.scale
+        shift = layout.mask
+        b, _, c3 = qkv.shape
+        c, nw = c3 // 3, layout.num_windows
+        n = layout.gather.numel() // nw
+        bw, d = b * nw, c // h
+        # Float32 throughout for bf16/fp16 tokens: the (N, d) operands are cast once, cheaply,
+        # instead of casting (N, N) maps back and forth.
+        acc = torch.float32 if qkv.dtype in (torch.bfloat16, torch.float16) else qkv.dtype
+        f32 = dict(dtype=acc, memory_format=torch.contiguous_format)
+        win = _to_windows(qkv, layout, qkv_bias).view(bw, n, 3, h, d)
+        q, k, v = win.permute(2, 0, 3, 1, 4).to(**f32).unbind(0)  # each (B*nW, heads, N, d)
         kt, vt = k.transpose(-2, -1).contiguous(), v.transpose(-2, -1).contiguous()
-        dout = dout.to(**f32)
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        bias = bias.float()
-        dbias = torch.zeros_like(bias) if ctx.needs_input_grad[1] else None
+        dwin_out = dy.index_select(1, layout.gather)  # padding positions were cropped: no grad
+        if layout.pad is not None:
+            dwin_out.index_fill_(1, layout.pad, 0.0)
+        dout = dwin_out.view(bw, n, h, d).transpose(1, 2).to(**f32)
+        del dwin_out, win
+        grads = torch.empty((bw, n, 3, h, d), dtype=acc, device=qkv.device)
+        dq, dk, dv = (g.transpose(1, 2) for g in grads.unbind(2))  # (B*nW, heads, N, d) views
+        gq, gk, gv = (torch.empty_like(q) for _ in range(3))
+        dbias = torch.zeros(bias.shape, dtype=acc, device=bias.device) if ctx.needs_input_grad[2] else None
+        bias_dtype, bias = bias.dtype, bias.to(acc)
         # A few windows at a time: the (N, N) maps of a chunk stay in cache and their memory
         # is recycled by the allocator, where whole-block maps (tens of MB) would be fresh
         # pages on every call.
         step = max(1, _BACKWARD_CHUNK_BYTES // (h * n * n * 4))
-        for b in range(batch):
+        for i in range(b):
             for w0 in range(0, nw, step):
                 w1 = min(nw, w0 + step)
-                sl = slice(b * nw + w0, b * nw + w1)
+                sl = slice(i * nw + w0, i * nw + w1)
                 qc, doc = q[sl], dout[sl]
                 s = torch.matmul(qc, kt[sl]).mul_(scale).add_(bias)
                 if shift is not None:
@@ -207,19 +236,28 @@ class _WindowAttentionFunction(torch.autograd.Function):
                 # their products would slow exp and the multiplications ~10x on x86, and they
                 # change nothing.
                 p = F.threshold_(s.sub_(lse[sl].unsqueeze(-1)), -60.0, float("-inf")).exp_()
-                torch.matmul(p.transpose(-2, -1), doc, out=dv[sl])
+                torch.matmul(p.transpose(-2, -1), doc, out=gv[sl])
                 # rowsum(dO * O) with O = P V recomputed (O is not kept from the forward).
                 delta = (doc * torch.matmul(p, v[sl])).sum(-1, keepdim=True)
                 ds = torch.matmul(doc, vt[sl]).sub_(delta).mul_(p)  # d(scores)
                 if dbias is not None:
                     dbias += ds.sum(0)
-                torch.matmul(ds, k[sl], out=dq[sl])
-                torch.matmul(ds.transpose(-2, -1), qc, out=dk[sl])
-        dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)  # (B*nW, N, 3, heads, d)
-        for i, g in enumerate((dq, dk, dv)):
-            dqkv[:, :, i].copy_(g.transpose(1, 2))
-        dqkv[:, :, :2].mul_(scale)
-        return dqkv, dbias, None, None, None
+                torch.matmul(ds, k[sl], out=gq[sl])
+                torch.matmul(ds.transpose(-2, -1), qc, out=gk[sl])
+        dq.copy_(gq.mul_(scale))
+        dk.copy_(gk.mul_(scale))
+        dv.copy_(gv)
+        del gq, gk, gv
+        dwin = grads.view(b, nw * n, c3)
+        dqkv = dwin.index_select(1, layout.scatter).to(qkv.dtype)
+        dqkv_bias = None
+        if qkv_bias is not None and ctx.needs_input_grad[1] and layout.pad is not None:
+            dqkv_bias = dwin.index_select(1, layout.pad).sum((0, 1)).to(qkv_bias.dtype)
+        elif qkv_bias is not None and ctx.needs_input_grad[1]:
+            dqkv_bias = torch.zeros_like(qkv_bias)
+        if dbias is not None:
+            dbias = dbias.to(bias_dtype)
+        return dqkv, dqkv_bias, dbias, None, None, None
 
 
 class WindowAttention(nn.Module):
@@ -260,27 +298,25 @@ class WindowAttention(nn.Module):
             return cached(self, "mask", (self.relative_position_bias_table,), build, extra=layout.key)
         return build()
 
-    def attend(self, qkv: torch.Tensor, layout: WindowLayout, batch: int) -> torch.Tensor:
-        """qkv: (B, nW*N, 3C) window tokens -> (B, nW*N, C) attention output (before proj)."""
-        c = self.dim
-        h = self.num_heads
+    def attend(self, qkv: torch.Tensor, layout: WindowLayout) -> torch.Tensor:
+        """qkv: (B, H*W, 3C) tokens -> (B, H*W, C) attention output (before proj)."""
+        b = qkv.shape[0]
+        c, h = self.dim, self.num_heads
         n = self.window * self.window
         nw = layout.num_windows
-        qkv5 = qkv.view(batch * nw, n, 3, h, c // h)
         table = self.relative_position_bias_table
         if torch.is_grad_enabled() and (qkv.requires_grad or table.requires_grad):
             if qkv.device.type == "cpu" and _CPU_FLASH is not None:
-                bias = self.position_bias()
-                out = _WindowAttentionFunction.apply(qkv5, bias, layout.mask, batch, self.scale)
-            else:  # CUDA: the memory-efficient kernel differentiates the mask itself
-                q, k, v = (t.transpose(1, 2) for t in qkv5.unbind(2))
-                bias = self.position_bias().unsqueeze(0)
-                mask = bias if layout.mask is None else bias + layout.mask.unsqueeze(1)
-                out, _ = _windows_sdpa(q, k, v, mask, batch, self.scale)
+                return _WindowAttentionFunction.apply(qkv, self.qkv.bias, self.position_bias(), layout, h, self.scale)
+            # CUDA: the memory-efficient kernel differentiates the mask itself
+            bias = self.position_bias().unsqueeze(0)
+            mask = bias if layout.mask is None else bias + layout.mask.unsqueeze(1)
         else:
-            q, k, v = (t.transpose(1, 2) for t in qkv5.unbind(2))
-            out, _ = _windows_sdpa(q, k, v, self.attention_mask(layout), batch, self.scale)
-        return out.transpose(1, 2).reshape(batch, nw * n, c)
+            mask = self.attention_mask(layout)
+        win = _to_windows(qkv, layout, self.qkv.bias)
+        q, k, v = (t.transpose(1, 2) for t in win.view(b * nw, n, 3, h, c // h).unbind(2))
+        out, _ = _windows_sdpa(q, k, v, mask, b, self.scale)
+        return out.transpose(1, 2).reshape(b, nw * n, c).index_select(1, layout.scatter)
 
 
 class SwinBlock(nn.Module):
@@ -323,16 +359,7 @@ class SwinBlock(nn.Module):
             qkv = LayerNormLinear.apply(*args)  # (B, HW, 3C)
         else:
             qkv = qkv_layer(norm1(x))
-        win = qkv.index_select(1, layout.gather)  # (B, nW*N, 3C)
-        if layout.pad is not None:
-            qkv_bias = qkv_layer.bias
-            if qkv_bias is None:
-                win.index_fill_(1, layout.pad, 0.0)
-            else:
-                fill = qkv_bias.to(win.dtype).expand(b, layout.pad.numel(), qkv_bias.numel())
-                win.index_copy_(1, layout.pad, fill)
-        y = self.attn.attend(win, layout, b)
-        y = self.attn.proj(y.index_select(1, layout.scatter))
+        y = self.attn.proj(self.attn.attend(qkv, layout))
         x = x + self.drop_path(y)
         if lean:
             mlp = self.mlp
