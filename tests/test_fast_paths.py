@@ -153,12 +153,18 @@ def test_segment_expressions_equals_separate_forwards(autocast):
 
 
 # ------------------------------------------------------------------ exact gradients
+@pytest.mark.parametrize("chunk_bytes", [None, 1])
 @pytest.mark.parametrize("shift", [0, 2])
-def test_window_attention_function_gradients(shift):
+def test_window_attention_function_gradients(shift, chunk_bytes, monkeypatch):
     """The fused-forward / recomputing-backward window attention (tokens -> windows ->
     attention -> tokens), in float64, against numerical derivatives: padded map, two images,
-    gradients of the tokens, the qkv bias (padding tokens) and the position bias."""
+    gradients of the tokens, the qkv bias (padding tokens) and the position bias; the backward
+    in one piece and one window at a time."""
+    from lavt.models import swin
     from lavt.models.swin import window_layout
+
+    if chunk_bytes is not None:
+        monkeypatch.setattr(swin, "_BACKWARD_CHUNK_BYTES", chunk_bytes)
 
     g = torch.Generator().manual_seed(0)
     heads, d, h, w = 2, 3, 5, 6

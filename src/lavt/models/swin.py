@@ -126,7 +126,7 @@ def window_layout(h: int, w: int, window: int, shift: int, device: torch.device)
 
 
 _CPU_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-_BACKWARD_CHUNK_BYTES = 2 << 20  # attention-map bytes per step of the window-attention backward
+_BACKWARD_CHUNK_BYTES = 16 << 20  # attention-map bytes per step of the window-attention backward
 
 
 def _windows_sdpa(
@@ -219,9 +219,9 @@ class _WindowAttentionFunction(torch.autograd.Function):
         gq, gk, gv = (torch.empty_like(q) for _ in range(3))
         dbias = torch.zeros(bias.shape, dtype=acc, device=bias.device) if ctx.needs_input_grad[2] else None
         bias_dtype, bias = bias.dtype, bias.to(acc)
-        # A few windows at a time: the (N, N) maps of a chunk stay in cache and their memory
-        # is recycled by the allocator, where whole-block maps (tens of MB) would be fresh
-        # pages on every call.
+        # Some windows at a time (~16 MB of maps): below glibc's mmap threshold the memory is
+        # recycled by the allocator, where whole-block maps (up to ~70 MB at batch 2) would be
+        # fresh pages on every call; chunks stay large enough for the matmuls to use all threads.
         step = max(1, _BACKWARD_CHUNK_BYTES // (h * n * n * 4))
         for i in range(b):
             for w0 in range(0, nw, step):
