@@ -30,13 +30,16 @@ def main() -> None:
     assert env.world_size == 2 and env.backend == "gloo"
     cfg = tiny_train_config(Path(args["data_root"]), Path(args["text_dir"]), Path(args["out"]), steps_per_epoch=1, val_split=None, device="cpu")
     train(cfg)
+    print(f"rank {env.rank}: trained", flush=True)
     evaluate(
         EvalConfig(
             checkpoint=args["eval_model"], data_root=args["data_root"], dataset="synthref", split="val",
             json=args["eval_json"], per_expression=args["eval_json"] + "l", num_workers=0, progress=False, device="cpu",
         )
     )
+    print(f"rank {env.rank}: evaluated", flush=True)
     cleanup(env)
+    print(f"rank {env.rank}: cleaned up", flush=True)
 
 
 if __name__ == "__main__":

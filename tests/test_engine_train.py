@@ -151,12 +151,12 @@ def test_two_processes_equal_one(env: dict[str, Path]) -> None:
         proc_env.pop(key, None)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=proc_env, start_new_session=True)
     try:
-        _, stderr = proc.communicate(timeout=300)
+        stdout, stderr = proc.communicate(timeout=300)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers
-        _, stderr = proc.communicate()
-        pytest.fail(f"torchrun did not finish in 300 s: {stderr[-4000:]}")
-    assert proc.returncode == 0, stderr[-4000:]
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"torchrun did not finish in 300 s; workers got to:\n{stdout}\n{stderr[-4000:]}")
+    assert proc.returncode == 0, f"workers got to:\n{stdout}\n{stderr[-4000:]}"
 
     c1, c2 = ckpt_io.load_checkpoint(one / "checkpoint.pt"), ckpt_io.load_checkpoint(two / "checkpoint.pt")
     assert (c1["world_size"], c2["world_size"]) == (1, 2)

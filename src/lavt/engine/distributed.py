@@ -89,9 +89,16 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistEnv
     return DistEnv(rank, world, local, dev, backend, owns_group=True)
 
 
-def cleanup(env: DistEnv) -> None:
-    """Destroy the process group if `init_distributed` created it."""
+def cleanup(env: DistEnv, synchronize: bool = True) -> None:
+    """Destroy the process group if `init_distributed` created it.
+
+    With `synchronize` (the normal end of a run) every process first meets at a barrier, so
+    none tears its gloo connections down while a peer still finishes its last collective or
+    writes its files; after an exception the barrier is skipped (the peers may never arrive).
+    """
     if env.owns_group and dist.is_available() and dist.is_initialized():
+        if synchronize:
+            barrier(env)
         dist.destroy_process_group()
 
 

@@ -95,9 +95,12 @@ def evaluate(config: EvalConfig, loaded: Any = None) -> EvalResult:
     config.validate(check_paths=loaded is None)
     env = init_distributed(config.device)
     try:
-        return _run(config, env, loaded)
-    finally:
-        cleanup(env)
+        result = _run(config, env, loaded)
+    except BaseException:
+        cleanup(env, synchronize=False)
+        raise
+    cleanup(env)
+    return result
 
 
 def _run(config: EvalConfig, env: DistEnv, loaded: Any) -> EvalResult:

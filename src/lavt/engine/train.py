@@ -535,9 +535,12 @@ def train(config: TrainConfig, callback: Callback | None = None) -> TrainResult:
     config.validate(check_paths=True)
     env = init_distributed(config.device)
     try:
-        return _run(config, env, callback)
-    finally:
-        cleanup(env)
+        result = _run(config, env, callback)
+    except BaseException:
+        cleanup(env, synchronize=False)
+        raise
+    cleanup(env)
+    return result
 
 
 def _run(config: TrainConfig, env: DistEnv, callback: Callback | None) -> TrainResult:
