@@ -42,6 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--num-heads", type=_ints, default=d.num_heads)
     g.add_argument("--window-size", type=int, default=d.window_size)
     g.add_argument("--decoder-hidden", type=int, default=d.decoder_hidden)
+    g.add_argument("--pwam-norm", default=d.pwam_norm, choices=["instance", "layer", "none"],
+                   help=f"PWAM normalisation (official: instance; default here {d.pwam_norm})")
     g.add_argument("--train-images", type=int, default=d.train_images)
     g.add_argument("--data-seed", type=int, default=d.data_seed)
     g.add_argument("--train-seed", type=int, default=d.seed)
@@ -62,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     recipe = DemoRecipe(
         image_size=args.image_size, embed_dim=args.embed_dim, depths=args.depths, num_heads=args.num_heads,
-        window_size=args.window_size, decoder_hidden=args.decoder_hidden, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        window_size=args.window_size, decoder_hidden=args.decoder_hidden, pwam_norm=args.pwam_norm, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         warmup_steps=args.warmup_steps, curriculum=args.curriculum, precision=args.precision,
         train_images=args.train_images, data_seed=args.data_seed, seed=args.train_seed,
     )
