@@ -114,3 +114,37 @@ def test_dice() -> None:
     perfect = torch.stack([1 - target, target], 1).float() * 40 - 20
     assert dice_loss_per_sample(perfect, target).item() == pytest.approx(0.0, abs=1e-6)
     assert dice_loss_per_sample(-perfect, target).item() > 0.9
+
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_build_optimizer_is_fused_and_takes_the_plain_adamw_step(amsgrad: bool) -> None:
+    """build_optimizer uses the fused AdamW kernel; three steps of it on the official groups
+    (decay and no-decay, several learning rates) match torch's per-tensor AdamW."""
+    from lavt.models import LAVT, build_config
+
+    bert = dict(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, max_position_embeddings=24)
+    torch.manual_seed(0)
+    model = LAVT(build_config("tiny", embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2), window_size=4, text_dim=16, text_encoder=bert, image_size=32, drop_path_rate=0.0))
+    twin = LAVT(model.config)
+    twin.load_state_dict(model.state_dict())
+    cfg = TrainConfig(lr=1e-3, lr_decoder=2e-3, weight_decay=0.01, amsgrad=amsgrad, text_layers_trained=None)
+    fused = build_optimizer(model, cfg)
+    assert fused.defaults["fused"] is True
+    plain = torch.optim.AdamW(
+        [{**g, "params": [dict(twin.named_parameters())[n] for n, q in model.named_parameters() for p in g["params"] if q is p]}
+         for g in fused.param_groups],
+        lr=cfg.lr, weight_decay=cfg.weight_decay, amsgrad=amsgrad, foreach=False,
+    )
+    model.train(), twin.train()
+    for step in range(3):
+        torch.manual_seed(step)
+        image, ids = torch.randn(2, 3, 32, 32), torch.randint(1, 50, (2, 6))
+        target = (torch.rand(2, 32, 32) > 0.5).long()
+        for m, opt in ((model, fused), (twin, plain)):
+            torch.manual_seed(100 + step)  # the same dropout masks in both
+            opt.zero_grad()
+            F.cross_entropy(m(image, ids, torch.ones_like(ids)), target).backward()
+            opt.step()
+    for (name, a), b in zip(model.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
