@@ -360,9 +360,14 @@ def train_child(args: argparse.Namespace) -> None:
         def forward() -> torch.Tensor:
             return model(image, ids, mask)
 
-    # Each side's own optimiser: the official train.py's AdamW (per-tensor loop) and ours the
-    # fused AdamW that lavt.engine.optim.build_optimizer uses.
-    opt = torch.optim.AdamW(groups, lr=5e-5, weight_decay=0.01, fused=None if side == "official" else True)
+    # Each side's own optimiser: the official train.py's torch.optim.AdamW (per-tensor loop),
+    # ours lavt.engine.optim's (fused).
+    if side == "official":
+        opt = torch.optim.AdamW(groups, lr=5e-5, weight_decay=0.01)
+    else:
+        from lavt.engine.optim import adamw
+
+        opt = adamw(groups, lr=5e-5, weight_decay=0.01)
     # Each side's own step order: the official train.py clears the gradients after the forward
     # (the previous step's gradients live through it); lavt.engine clears them before.
     zero_first = side != "official"

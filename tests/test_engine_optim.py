@@ -116,7 +116,6 @@ def test_dice() -> None:
     assert dice_loss_per_sample(-perfect, target).item() > 0.9
 
 
-
 @pytest.mark.parametrize("amsgrad", [False, True])
 def test_build_optimizer_is_fused_and_takes_the_plain_adamw_step(amsgrad: bool) -> None:
     """build_optimizer uses the fused AdamW kernel; three steps of it on the official groups
@@ -131,9 +130,10 @@ def test_build_optimizer_is_fused_and_takes_the_plain_adamw_step(amsgrad: bool) 
     cfg = TrainConfig(lr=1e-3, lr_decoder=2e-3, weight_decay=0.01, amsgrad=amsgrad, text_layers_trained=None)
     fused = build_optimizer(model, cfg)
     assert fused.defaults["fused"] is True
-    plain = torch.optim.AdamW(
-        [{**g, "params": [dict(twin.named_parameters())[n] for n, q in model.named_parameters() for p in g["params"] if q is p]}
-         for g in fused.param_groups],
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    twin_params = dict(twin.named_parameters())
+    plain = torch.optim.AdamW(  # the same groups over the twin's parameters, per-tensor loop
+        [{**g, "params": [twin_params[name_of[id(p)]] for p in g["params"]]} for g in fused.param_groups],
         lr=cfg.lr, weight_decay=cfg.weight_decay, amsgrad=amsgrad, foreach=False,
     )
     model.train(), twin.train()

@@ -41,8 +41,9 @@ class DemoRecipe:
     ape: bool = True  # Swin's absolute position embedding: "leftmost", "at the top" need absolute position
     decoder_features: str = "multimodal"
     # PWAM without its instance norms (an ablation switch): the norms pass only how the
-    # attended language varies over the pixels, so from scratch the sentence reaches the
-    # image only once pixel-word alignment is learned; without them the demo learns ~2x faster
+    # attended language varies over the pixels, so from scratch the sentence reaches the image
+    # only once pixel-word alignment is learned (step 600, held-out scenes: 40.2 oIoU without
+    # them, 25.2 with)
     pwam_norm: str = "none"
     drop_path_rate: float = 0.1
     steps: int = 1200

@@ -9,10 +9,11 @@ like the official GPU run.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -100,6 +101,19 @@ def cleanup(env: DistEnv, synchronize: bool = True) -> None:
         if synchronize:
             barrier(env)
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group(device: str = "auto") -> Iterator[DistEnv]:
+    """`init_distributed` for the body, then `cleanup`: synchronised after a normal end, at
+    once after an exception (a peer that failed never reaches the barrier)."""
+    env = init_distributed(device)
+    try:
+        yield env
+    except BaseException:
+        cleanup(env, synchronize=False)
+        raise
+    cleanup(env)
 
 
 def barrier(env: DistEnv) -> None:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from lavt.engine.config import EvalConfig
-from lavt.engine.distributed import DistEnv, all_gather_objects, cleanup, init_distributed
+from lavt.engine.distributed import DistEnv, all_gather_objects, process_group
 from lavt.engine.train import ShardSampler, autocast_context
 from lavt.errors import LAVTUserError
 from lavt.metrics import ReferringMetrics
@@ -93,14 +93,8 @@ def evaluate(config: EvalConfig, loaded: Any = None) -> EvalResult:
     """Score a model on a split under both protocols; write the JSON/JSONL/overlays the
     config asks for (main process). `loaded` may be a `LoadedModel` already in memory."""
     config.validate(check_paths=loaded is None)
-    env = init_distributed(config.device)
-    try:
-        result = _run(config, env, loaded)
-    except BaseException:
-        cleanup(env, synchronize=False)
-        raise
-    cleanup(env)
-    return result
+    with process_group(config.device) as env:
+        return _run(config, env, loaded)
 
 
 def _run(config: EvalConfig, env: DistEnv, loaded: Any) -> EvalResult:

@@ -110,10 +110,15 @@ def build_optimizer(model: nn.Module, config: Any) -> torch.optim.AdamW:
         lr_decoder=config.lr_decoder,
         lr_text=config.lr_text,
     )
-    # The fused kernel (CPU and CUDA) does the same update in one pass over the parameters:
-    # ~4x faster than the per-tensor loop on CPU, where it was ~1 s of a Swin-B step.
+    return adamw(groups, lr=config.lr, weight_decay=config.weight_decay, amsgrad=config.amsgrad)
+
+
+def adamw(groups: list[dict[str, Any]], lr: float, weight_decay: float, amsgrad: bool = False) -> torch.optim.AdamW:
+    """AdamW with the fused kernel where the parameters live on CPU or CUDA: the same update in
+    one pass over the parameters; on one CPU thread 0.32 s instead of 1.2-1.4 s for the
+    per-tensor loop over 200 M parameters (Swin-B + BERT-base is 227 M)."""
     fused = all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
-    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay, amsgrad=config.amsgrad, fused=fused or None)
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, amsgrad=amsgrad, fused=fused or None)
 
 
 class PolyWarmup:

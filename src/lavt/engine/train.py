@@ -44,9 +44,8 @@ from lavt.engine.distributed import (
     all_reduce_sum,
     barrier,
     broadcast_object,
-    cleanup,
     convert_sync_batchnorm,
-    init_distributed,
+    process_group,
 )
 from lavt.engine.losses import SegmentationLoss
 from lavt.engine.optim import build_optimizer, build_scheduler, freeze_untrained_text_layers
@@ -533,14 +532,8 @@ def train(config: TrainConfig, callback: Callback | None = None) -> TrainResult:
     resumable `checkpoint.pt` stays at the last finished epoch).
     """
     config.validate(check_paths=True)
-    env = init_distributed(config.device)
-    try:
-        result = _run(config, env, callback)
-    except BaseException:
-        cleanup(env, synchronize=False)
-        raise
-    cleanup(env)
-    return result
+    with process_group(config.device) as env:
+        return _run(config, env, callback)
 
 
 def _run(config: TrainConfig, env: DistEnv, callback: Callback | None) -> TrainResult:
