@@ -12,7 +12,9 @@ medians over alternating repeats:
 - bfloat16 autocast inference (ours; the official under autocast too, for information) against
   the official float32, with the output difference (mean abs diff / logits std);
 - one training step at batch `--train-batch` (forward + backward + AdamW), float32 and bf16
-  autocast, each side in a fresh subprocess so that its peak resident memory is its own;
+  autocast, each side in a fresh subprocess so that its peak resident memory is its own; ours
+  keeps freed memory for reuse as `lavt.engine.train` does on a CPU (`lavt.engine.memory`), and
+  runs once more with glibc's default behaviour, for information;
 - evaluation throughput in expressions/s: the official loop (one forward per expression, batch
   1, as test.py) against ours (`segment_expressions`: all expressions of an image batched, the
   text-independent stem computed once), float32 and bf16;
@@ -347,8 +349,12 @@ def train_child(args: argparse.Namespace) -> None:
             return official_forward(model, bert, image, ids, mask)
 
     else:
+        from lavt.engine.memory import keep_freed_memory
         from lavt.engine.optim import freeze_untrained_text_layers, param_groups
         from lavt.models import LAVT
+
+        if side != "ours_glibc_default":
+            keep_freed_memory()  # as lavt.engine.train does on a CPU
 
         model = LAVT(cfg)
         randomize_(model, args.seed, strip="text_encoder.")
@@ -463,6 +469,9 @@ def main(argv: list[str] | None = None) -> int:
     # Training first, while this process holds no model: each side in its own process.
     if "train" in sections:
         runs = [("ours", "fp32"), ("ours", "bf16")]
+        # ours with glibc's default allocator behaviour, for information (lavt.engine.train
+        # keeps freed blocks for reuse on a CPU; see lavt/engine/memory.py)
+        runs.insert(1, ("ours_glibc_default", "fp32"))
         if args.checkpointing:
             runs.append(("ours_ckpt", "fp32"))
         if have_official:

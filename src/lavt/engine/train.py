@@ -48,6 +48,7 @@ from lavt.engine.distributed import (
     process_group,
 )
 from lavt.engine.losses import SegmentationLoss
+from lavt.engine.memory import keep_freed_memory
 from lavt.engine.optim import build_optimizer, build_scheduler, freeze_untrained_text_layers
 from lavt.errors import LAVTUserError
 from lavt.metrics import ReferringMetrics
@@ -539,6 +540,8 @@ def train(config: TrainConfig, callback: Callback | None = None) -> TrainResult:
 def _run(config: TrainConfig, env: DistEnv, callback: Callback | None) -> TrainResult:
     t0 = time.time()
     device = env.device
+    if device.type == "cpu":
+        keep_freed_memory()  # activation-sized blocks are reused instead of re-faulted each step
     if config.precision == "fp16" and device.type != "cuda":
         raise LAVTUserError("precision fp16 needs a CUDA device (it uses a gradient scaler); use bf16 or fp32 on a CPU")
     micro = config.micro_batch_size or config.batch_size // env.world_size

@@ -189,13 +189,16 @@ class _WindowAttentionFunction(torch.autograd.Function):
         q, k, v = (t.transpose(1, 2) for t in win.view(b * nw, n, 3, heads, c // heads).unbind(2))
         mask = bias.unsqueeze(0) if layout.mask is None else bias.unsqueeze(0) + layout.mask.unsqueeze(1)
         out, lse = _windows_sdpa(q, k, v, mask, b, scale, lse=True)
-        ctx.save_for_backward(qkv, qkv_bias, lse, bias)
+        y = out.transpose(1, 2).reshape(b, nw * n, c).index_select(1, layout.scatter)
+        # y is kept anyway (the projection after it saves its input): saving it costs no memory
+        # and spares the backward recomputing O = P V for rowsum(dO * O)
+        ctx.save_for_backward(qkv, qkv_bias, lse, bias, y)
         ctx.layout, ctx.heads, ctx.scale = layout, heads, scale
-        return out.transpose(1, 2).reshape(b, nw * n, c).index_select(1, layout.scatter)
+        return y
 
     @staticmethod
     def backward(ctx, dy):  # type: ignore[override]
-        qkv, qkv_bias, lse, bias = ctx.saved_tensors
+        qkv, qkv_bias, lse, bias, y = ctx.saved_tensors
         layout, h, scale = ctx.layout, ctx.heads, ctx.scale
         shift = layout.mask
         b, _, c3 = qkv.shape
@@ -213,6 +216,10 @@ class _WindowAttentionFunction(torch.autograd.Function):
         if layout.pad is not None:
             dwin_out.index_fill_(1, layout.pad, 0.0)
         dout = dwin_out.view(bw, n, h, d).transpose(1, 2).to(**f32)
+        # rowsum(dO * O) per window token and head; padding rows have dO = 0, so the token
+        # their gather index points at does not matter
+        delta_all = (dwin_out.to(acc) * y.index_select(1, layout.gather).to(acc)).view(bw, n, h, d).sum(-1)
+        delta_all = delta_all.transpose(1, 2).unsqueeze(-1)  # (B*nW, heads, N, 1)
         del dwin_out, win
         grads = torch.empty((bw, n, 3, h, d), dtype=acc, device=qkv.device)
         dq, dk, dv = (g.transpose(1, 2) for g in grads.unbind(2))  # (B*nW, heads, N, d) views
@@ -237,9 +244,7 @@ class _WindowAttentionFunction(torch.autograd.Function):
                 # change nothing.
                 p = F.threshold_(s.sub_(lse[sl].unsqueeze(-1)), -60.0, float("-inf")).exp_()
                 torch.matmul(p.transpose(-2, -1), doc, out=gv[sl])
-                # rowsum(dO * O) with O = P V recomputed (O is not kept from the forward).
-                delta = (doc * torch.matmul(p, v[sl])).sum(-1, keepdim=True)
-                ds = torch.matmul(doc, vt[sl]).sub_(delta).mul_(p)  # d(scores)
+                ds = torch.matmul(doc, vt[sl]).sub_(delta_all[sl]).mul_(p)  # d(scores)
                 if dbias is not None:
                     dbias += ds.sum(0)
                 torch.matmul(ds, k[sl], out=gq[sl])
