@@ -52,3 +52,26 @@ def test_shipped_model_reaches_its_goal_on_fresh_scenes(tmp_path):
     assert with_text >= 50.0, results["with_expression"]
     assert with_text - no_text >= 25.0
     assert (tmp_path / "demo" / "model" / "config.json").is_file()
+
+
+@pytest.mark.skipif(not (SHIPPED_MODEL / "config.json").is_file(), reason="no shipped demo model in this checkout")
+def test_train_continues_from_a_demo_model(tmp_path, capsys):
+    # 20 steps from scratch segment nothing useful; 20 steps continuing from the shipped
+    # model keep what it learned (it scores ~56 oIoU on fresh scenes)
+    out = tmp_path / "ft"
+    assert main(["demo", "--train", "--quick", "--init", str(SHIPPED_MODEL), "--lr", "1e-4", "--out", str(out), "--images", "8"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["recipe"]["init"] == str(SHIPPED_MODEL)
+    assert results["with_expression"]["metrics"]["oIoU"] >= 40.0, results["with_expression"]
+
+
+@pytest.mark.skipif(not (SHIPPED_MODEL / "config.json").is_file(), reason="no shipped demo model in this checkout")
+def test_train_init_with_another_architecture_is_refused(tmp_path, capsys):
+    args = ["demo", "--train", "--quick", "--init", str(SHIPPED_MODEL), "--embed-dim", "16", "--out", str(tmp_path / "x")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--init" in err and "architecture" in err
+    assert main(["demo", "--train", "--quick", "--init", str(tmp_path / "nowhere"), "--out", str(tmp_path / "y")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["demo", "--train", "--quick", "--drop-path", "1.5", "--out", str(tmp_path / "z")]) == 2
+    assert "--drop-path" in capsys.readouterr().err

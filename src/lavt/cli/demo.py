@@ -37,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
     g.add_argument("--curriculum", type=float, default=d.curriculum, help="share of steps on attribute expressions only")
     g.add_argument("--image-size", type=int, default=d.image_size)
+    g.add_argument("--patch-size", type=int, default=d.patch_size, help=f"stem stride: the mask comes out at 1/patch resolution (default {d.patch_size})")
     g.add_argument("--embed-dim", type=int, default=d.embed_dim)
     g.add_argument("--depths", type=_ints, default=d.depths)
     g.add_argument("--num-heads", type=_ints, default=d.num_heads)
@@ -48,6 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--data-seed", type=int, default=d.data_seed)
     g.add_argument("--train-seed", type=int, default=d.seed)
     g.add_argument("--precision", default=d.precision, choices=["auto", "fp32", "bf16"])
+    g.add_argument("--init", type=Path, default=None, help="continue from this demo model folder (same architecture) instead of from scratch")
+    g.add_argument("--drop-path", type=float, default=d.drop_path_rate, help=f"stochastic depth rate (default {d.drop_path_rate})")
     p.set_defaults(func=run)
 
 
@@ -63,10 +66,11 @@ def run(args: argparse.Namespace) -> int:
         run_demo(args.out, seed=seed, images=args.images, model=args.model, precision=args.precision)
         return 0
     recipe = DemoRecipe(
-        image_size=args.image_size, embed_dim=args.embed_dim, depths=args.depths, num_heads=args.num_heads,
+        image_size=args.image_size, patch_size=args.patch_size, embed_dim=args.embed_dim, depths=args.depths, num_heads=args.num_heads,
         window_size=args.window_size, decoder_hidden=args.decoder_hidden, pwam_norm=args.pwam_norm, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         warmup_steps=args.warmup_steps, curriculum=args.curriculum, precision=args.precision,
         train_images=args.train_images, data_seed=args.data_seed, seed=args.train_seed,
+        init=str(args.init) if args.init else None, drop_path_rate=args.drop_path,
     )
     images = args.images
     if args.quick:

@@ -137,6 +137,9 @@ def run_train(out: Path, recipe: Any, seed: int = EVAL_SEED, images: int = 120) 
     """Generate, train from scratch, evaluate on fresh scenes, save model and curve."""
     from lavt.demo.trainer import load_scenes, plot_history, train_demo
 
+    from lavt.demo.trainer import check_recipe
+
+    check_recipe(recipe)  # a bad option or --init fails now, not after generating the data
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     data = out / "train_data"

@@ -32,6 +32,7 @@ class DemoRecipe:
     """Model size and training recipe of the demo model (every field is a CLI option)."""
 
     image_size: int = 128
+    patch_size: int = 4
     embed_dim: int = 32
     depths: tuple[int, ...] = (1, 1, 2, 1)
     num_heads: tuple[int, ...] = (1, 2, 4, 8)
@@ -45,8 +46,12 @@ class DemoRecipe:
     # only once pixel-word alignment is learned (step 600, held-out scenes: 40.2 oIoU without
     # them, 25.2 with)
     pwam_norm: str = "none"
+    # The defaults are the 10-minute from-scratch run (2 cores). Without stochastic depth and
+    # without the curriculum a full 1,400-step run scored 42.8 oIoU on the demo's fresh
+    # scenes, against 46.1 with both (1,200 steps); step-600 probes had suggested the opposite
+    # (38.6 / 39.3 against 37.7 on 80 held-out scenes): single runs differ by a few points.
     drop_path_rate: float = 0.1
-    steps: int = 1200
+    steps: int = 1500
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -57,6 +62,7 @@ class DemoRecipe:
     train_images: int = 2000
     data_seed: int = 0
     seed: int = 0
+    init: str | None = None  # start from this demo model's weights (same architecture) instead of scratch
 
     def model_config(self) -> Any:
         from lavt.data.tokenization import default_text_encoder_dir
@@ -66,6 +72,7 @@ class DemoRecipe:
         bert = json.loads((default_text_encoder_dir() / "config.json").read_text())
         bert = bert_config_dict(bert)
         return LAVTConfig(
+            patch_size=self.patch_size,
             embed_dim=self.embed_dim,
             depths=self.depths,
             num_heads=self.num_heads,
@@ -83,11 +90,13 @@ class DemoRecipe:
         )
 
     def validate(self) -> None:
-        for name in ("image_size", "embed_dim", "window_size", "decoder_hidden", "steps", "batch_size", "train_images"):
+        for name in ("image_size", "patch_size", "embed_dim", "window_size", "decoder_hidden", "steps", "batch_size", "train_images"):
             if int(getattr(self, name)) < 1:
                 raise LAVTUserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.lr <= 0:
             raise LAVTUserError(f"--lr must be positive, got {self.lr}")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise LAVTUserError(f"--drop-path must lie in [0, 1), got {self.drop_path_rate}")
         if not 0.0 <= self.curriculum < 1.0:
             raise LAVTUserError(f"--curriculum must lie in [0, 1), got {self.curriculum}")
         if self.precision not in ("auto", "fp32", "bf16"):
@@ -199,6 +208,31 @@ def _lr_factor(step: int, recipe: DemoRecipe) -> float:
     return warm * max(0.0, 1.0 - step / recipe.steps) ** 0.9
 
 
+def _warm_start(model: Any, folder: Path) -> None:
+    """Copy a saved demo model's weights into `model` (the recipe must build the same shapes)."""
+    from lavt.engine.loading import load_model
+
+    source = load_model(folder).model.state_dict()
+    target = model.state_dict()
+    bad = sorted(k for k in target if k not in source or source[k].shape != target[k].shape)
+    extra = sorted(k for k in source if k not in target)
+    if bad or extra:
+        raise LAVTUserError(
+            f"--init {folder}: its architecture differs from the recipe's ({len(bad)} missing or misshaped "
+            f"weights, e.g. {(bad + extra)[:3]}); give the same --image-size/--embed-dim/--depths/... it was trained with"
+        )
+    model.load_state_dict({k: v.to(target[k].dtype) for k, v in source.items()})
+
+
+def check_recipe(recipe: DemoRecipe) -> None:
+    """Every recipe error, before any work: options, and an --init of another architecture."""
+    from lavt.models import LAVT
+
+    recipe.validate()
+    if recipe.init:
+        _warm_start(LAVT(recipe.model_config()), Path(recipe.init))
+
+
 def train_demo(
     recipe: DemoRecipe,
     train_set: SceneSet,
@@ -210,6 +244,7 @@ def train_demo(
 
     from lavt.data.tokenization import ExpressionTokenizer, default_text_encoder_dir
     from lavt.engine.losses import SegmentationLoss
+    from lavt.engine.optim import adamw
     from lavt.models import LAVT
 
     recipe.validate()
@@ -218,15 +253,18 @@ def train_demo(
     cfg = recipe.model_config()
     model = LAVT(cfg)
     model.load_text_encoder_weights()  # frozen, from the packaged MiniLM
+    if recipe.init:
+        _warm_start(model, Path(recipe.init))
     tokenizer = ExpressionTokenizer(default_text_encoder_dir(), max_tokens=cfg.max_tokens)
     texts = TextCache(model, tokenizer)
 
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     decay = [p for n, p in params if p.ndim >= 2 and "relative_position" not in n]
     no_decay = [p for n, p in params if not (p.ndim >= 2 and "relative_position" not in n)]
-    opt = torch.optim.AdamW(
+    opt = adamw(  # fused: the per-tensor loop was ~8% of a demo step
         [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=recipe.lr,
+        weight_decay=recipe.weight_decay,
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, recipe))
     criterion = SegmentationLoss("ce+dice", dice_weight=recipe.dice_weight)
