@@ -47,10 +47,11 @@ def test_shipped_model_reaches_its_goal_on_fresh_scenes(tmp_path):
     results = run_demo(tmp_path / "demo", seed=424242, images=60)
     with_text = results["with_expression"]["metrics"]["oIoU"]
     no_text = results["empty_expression"]["metrics"]["oIoU"]
-    # Measured (seed 20261127, 120 scenes): 56.2 oIoU with the expressions, 19.7 without. The
-    # issue's goal (>= 85) is not reached yet; these bounds guard what the shipped model does.
-    assert with_text >= 50.0, results["with_expression"]
-    assert with_text - no_text >= 25.0
+    # Measured on this seed: 70.3 oIoU with the expressions, 14.6 without (seed 20261127, 120
+    # scenes: 68.0 and 16.3). The goal (>= 85) is not reached yet; these bounds guard
+    # what the shipped model does.
+    assert with_text >= 62.0, results["with_expression"]
+    assert with_text - no_text >= 45.0
     assert (tmp_path / "demo" / "model" / "config.json").is_file()
 
 
