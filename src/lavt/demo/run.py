@@ -135,9 +135,7 @@ def run_demo(out: Path, seed: int = EVAL_SEED, images: int = 120, model: Path | 
 
 def run_train(out: Path, recipe: Any, seed: int = EVAL_SEED, images: int = 120) -> dict[str, Any]:
     """Generate, train from scratch, evaluate on fresh scenes, save model and curve."""
-    from lavt.demo.trainer import load_scenes, plot_history, train_demo
-
-    from lavt.demo.trainer import check_recipe
+    from lavt.demo.trainer import check_recipe, load_scenes, plot_history, train_demo
 
     check_recipe(recipe)  # a bad option or --init fails now, not after generating the data
     out.mkdir(parents=True, exist_ok=True)

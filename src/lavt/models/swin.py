@@ -167,6 +167,12 @@ def _to_windows(qkv: torch.Tensor, layout: WindowLayout, qkv_bias: torch.Tensor 
     return win
 
 
+def _from_windows(out: torch.Tensor, layout: WindowLayout, batch: int) -> torch.Tensor:
+    """(B*nW, heads, N, d) attention output -> (B, H*W, C) tokens (reverse, roll back, crop)."""
+    bw, h, n, d = out.shape
+    return out.transpose(1, 2).reshape(batch, bw // batch * n, h * d).index_select(1, layout.scatter)
+
+
 class _WindowAttentionFunction(torch.autograd.Function):
     """Shifted-window attention from (B, H*W, 3C) tokens to (B, H*W, C) tokens (before proj),
     with the relative position bias and the shift mask as additive mask; differentiable in the
@@ -189,7 +195,7 @@ class _WindowAttentionFunction(torch.autograd.Function):
         q, k, v = (t.transpose(1, 2) for t in win.view(b * nw, n, 3, heads, c // heads).unbind(2))
         mask = bias.unsqueeze(0) if layout.mask is None else bias.unsqueeze(0) + layout.mask.unsqueeze(1)
         out, lse = _windows_sdpa(q, k, v, mask, b, scale, lse=True)
-        y = out.transpose(1, 2).reshape(b, nw * n, c).index_select(1, layout.scatter)
+        y = _from_windows(out, layout, b)
         # y is kept anyway (the projection after it saves its input): saving it costs no memory
         # and spares the backward recomputing O = P V for rowsum(dO * O)
         ctx.save_for_backward(qkv, qkv_bias, lse, bias, y)
@@ -321,7 +327,7 @@ class WindowAttention(nn.Module):
         win = _to_windows(qkv, layout, self.qkv.bias)
         q, k, v = (t.transpose(1, 2) for t in win.view(b * nw, n, 3, h, c // h).unbind(2))
         out, _ = _windows_sdpa(q, k, v, mask, b, self.scale)
-        return out.transpose(1, 2).reshape(b, nw * n, c).index_select(1, layout.scatter)
+        return _from_windows(out, layout, b)
 
 
 class SwinBlock(nn.Module):
