@@ -4,10 +4,12 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from PIL import Image
 
 from lavt.cli import main
 from lavt.demo.run import SHIPPED_MODEL
+from lavt.errors import LAVTUserError
 
 
 def test_quick_train_writes_every_output(tmp_path, capsys):
@@ -76,3 +78,92 @@ def test_train_init_with_another_architecture_is_refused(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["demo", "--train", "--quick", "--drop-path", "1.5", "--out", str(tmp_path / "z")]) == 2
     assert "--drop-path" in capsys.readouterr().err
+
+
+def test_resampled_stem_sees_the_rescaled_image():
+    import torch.nn.functional as F
+
+    from lavt.demo.trainer import resample_patch_embed
+
+    torch.manual_seed(0)
+    image = torch.randn(2, 3, 16, 24)
+    w4 = torch.randn(6, 3, 4, 4)
+    # patch 4 -> 2: the new stem on the image = the old stem on the image upsampled 2x
+    expected = F.conv2d(F.interpolate(image, scale_factor=2, mode="nearest"), w4, stride=4)
+    torch.testing.assert_close(F.conv2d(image, resample_patch_embed(w4, 2), stride=2), expected, atol=1e-5, rtol=1e-5)
+    # patch 2 -> 4: the new stem on the image = the old stem on the image average-pooled 2x
+    w2 = torch.randn(6, 3, 2, 2)
+    expected = F.conv2d(F.avg_pool2d(image, 2), w2, stride=2)
+    torch.testing.assert_close(F.conv2d(image, resample_patch_embed(w2, 4), stride=4), expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(LAVTUserError, match="divide"):
+        resample_patch_embed(w4, 3)
+
+
+@pytest.mark.skipif(not (SHIPPED_MODEL / "config.json").is_file(), reason="no shipped demo model in this checkout")
+def test_init_with_another_patch_size_resamples_the_stem_and_positions():
+    from lavt.demo.trainer import DemoRecipe, _warm_start, resample_patch_embed
+    from lavt.engine.loading import load_model
+    from lavt.models import LAVT
+
+    source = load_model(SHIPPED_MODEL).model.state_dict()
+    model = LAVT(DemoRecipe(patch_size=2).model_config())
+    _warm_start(model, SHIPPED_MODEL)
+    state = model.state_dict()
+    stem, ape = "backbone.patch_embed.proj.weight", "backbone.absolute_pos_embed"
+    assert state[stem].shape[-1] == 2 and state[ape].shape[-1] == 2 * source[ape].shape[-1]
+    torch.testing.assert_close(state[stem], resample_patch_embed(source[stem].float(), 2))
+    # every other weight is copied as it is
+    key = "backbone.layers.2.blocks.1.attn.relative_position_bias_table"
+    torch.testing.assert_close(state[key], source[key].float())
+
+
+def test_training_for_a_time_budget(tmp_path):
+    from lavt.data.synth import generate
+    from lavt.demo.trainer import DemoRecipe, load_scenes, train_demo
+
+    generate(tmp_path, seed=3, num_images=8, image_size=(64, 96), split_fractions=(1.0, 0.0, 0.0, 0.0), overwrite=True)
+    scenes = load_scenes(tmp_path, "train", 64)
+    recipe = DemoRecipe(image_size=64, embed_dim=8, num_heads=(1, 1, 1, 1), pwam_heads=(1, 1, 1, 1), decoder_hidden=8,
+                        window_size=4, minutes=0.05, batch_size=2, warmup_steps=1, steps=10**6)
+    result = train_demo(recipe, scenes, progress=False)
+    seconds = [h["seconds"] for h in result.history]
+    # it stops at the first step past the budget (3 s), not after `steps`
+    assert 1 < result.steps == len(result.history) < 10**6
+    assert seconds[-1] >= 3.0 and seconds[-2] < 3.0
+    # the learning rate decays with the share of the budget spent, not with the step count
+    first, last = result.history[1], result.history[-1]
+    assert last["lr"] < first["lr"]
+    for h, prev in zip(result.history[2:], result.history[1:]):
+        assert h["lr"] == pytest.approx(recipe.lr * (1 - prev["seconds"] / 3.0) ** 0.9, rel=1e-9)
+
+
+def test_steps_and_minutes_together_are_refused(tmp_path, capsys):
+    assert main(["demo", "--train", "--steps", "10", "--minutes", "1", "--out", str(tmp_path)]) == 2
+    assert "--steps or --minutes" in capsys.readouterr().err
+    assert main(["demo", "--train", "--minutes", "0", "--out", str(tmp_path)]) == 2
+    assert "--minutes" in capsys.readouterr().err
+
+
+def test_text_cache_encodes_only_the_words():
+    from lavt.data.tokenization import ExpressionTokenizer, default_text_encoder_dir
+    from lavt.demo.trainer import DemoRecipe, TextCache
+    from lavt.models import LAVT
+
+    model = LAVT(DemoRecipe(embed_dim=8, num_heads=(1, 1, 1, 1), pwam_heads=(1, 1, 1, 1), decoder_hidden=8).model_config())
+    model.load_text_encoder_weights()
+    model.eval()
+    tokenizer = ExpressionTokenizer(default_text_encoder_dir(), max_tokens=20)
+    texts = ["the red star", "the small blue ring left of the big green cross at the top"]
+    feats, mask = TextCache(model, tokenizer)(texts)
+    ids, full_mask = tokenizer(texts)
+    with torch.no_grad():
+        full = model.text_encoder(input_ids=ids, attention_mask=full_mask)[0]
+    assert torch.equal(mask, full_mask) and feats.shape == full.shape
+    words = full_mask.bool()
+    torch.testing.assert_close(feats[words], full[words], atol=1e-5, rtol=1e-5)
+    # past the longest expression nothing is encoded (LAVT masks the padding out anyway)
+    assert not feats[:, int(full_mask.sum(1).max()):].any()
+    image = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(image, text_features=feats, text_mask=mask),
+                                   model(image, text_features=full, text_mask=full_mask), atol=1e-4, rtol=1e-4)

@@ -12,6 +12,11 @@ def _ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+# training time of the default `lavt demo --train`: with data generation and evaluation the
+# whole run stays within 10 minutes on 2 cores
+DEFAULT_MINUTES = 8.5
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from lavt.demo.trainer import DemoRecipe
 
@@ -30,12 +35,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed of the fresh evaluation scenes (default: one never used in training)")
     p.add_argument("--images", type=int, default=120, help="number of fresh evaluation scenes (default 120)")
     g = p.add_argument_group("training recipe (with --train)")
-    g.add_argument("--steps", type=int, default=d.steps, help=f"optimiser steps (default {d.steps})")
+    g.add_argument("--minutes", type=float, default=None,
+                   help=f"train for this many minutes of wall time, the schedule following the time spent "
+                   f"(default without --steps: {DEFAULT_MINUTES:g}, the 10-minute run)")
+    g.add_argument("--steps", type=int, default=None, help="train for exactly this many optimiser steps instead (reproducible)")
     g.add_argument("--quick", action="store_true", help="a very short run (CI smoke test): 20 steps on 60 scenes")
     g.add_argument("--batch-size", type=int, default=d.batch_size)
     g.add_argument("--lr", type=float, default=d.lr)
     g.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
-    g.add_argument("--curriculum", type=float, default=d.curriculum, help="share of steps on attribute expressions only")
+    g.add_argument("--curriculum", type=float, default=d.curriculum, help="share of the run (steps or minutes) on attribute expressions only")
     g.add_argument("--image-size", type=int, default=d.image_size)
     g.add_argument("--patch-size", type=int, default=d.patch_size, help=f"stem stride: the mask comes out at 1/patch resolution (default {d.patch_size})")
     g.add_argument("--embed-dim", type=int, default=d.embed_dim)
@@ -65,16 +73,21 @@ def run(args: argparse.Namespace) -> int:
     if not args.train:
         run_demo(args.out, seed=seed, images=args.images, model=args.model, precision=args.precision)
         return 0
+    if args.steps is not None and args.minutes is not None:
+        raise LAVTUserError("give --steps or --minutes, not both")
+    steps, minutes = args.steps, args.minutes
+    if steps is None and minutes is None:
+        minutes = DEFAULT_MINUTES
     recipe = DemoRecipe(
         image_size=args.image_size, patch_size=args.patch_size, embed_dim=args.embed_dim, depths=args.depths, num_heads=args.num_heads,
-        window_size=args.window_size, decoder_hidden=args.decoder_hidden, pwam_norm=args.pwam_norm, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        window_size=args.window_size, decoder_hidden=args.decoder_hidden, pwam_norm=args.pwam_norm, steps=DemoRecipe.steps if steps is None else steps, minutes=minutes, batch_size=args.batch_size, lr=args.lr,
         warmup_steps=args.warmup_steps, curriculum=args.curriculum, precision=args.precision,
         train_images=args.train_images, data_seed=args.data_seed, seed=args.train_seed,
         init=str(args.init) if args.init else None, drop_path_rate=args.drop_path,
     )
     images = args.images
     if args.quick:
-        recipe.steps, recipe.train_images, recipe.warmup_steps = 20, 60, 5
+        recipe.steps, recipe.minutes, recipe.train_images, recipe.warmup_steps = 20, None, 60, 5
         images = min(images, 10)
     run_train(args.out, recipe, seed=seed, images=images)
     return 0

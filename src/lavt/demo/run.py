@@ -147,19 +147,21 @@ def run_train(out: Path, recipe: Any, seed: int = EVAL_SEED, images: int = 120) 
     generate(data, seed=recipe.data_seed, num_images=recipe.train_images, image_size=(128, 192),
              split_fractions=(1.0, 0.0, 0.0, 0.0), overwrite=True)
     train_set = load_scenes(data, "train", recipe.image_size)
-    print(f"{len(train_set.expressions)} objects, {train_set.num_expressions} expressions; training {recipe.steps} steps", flush=True)
+    length = f"{recipe.steps} steps" if recipe.minutes is None else f"for {recipe.minutes:g} minutes"
+    print(f"{len(train_set.expressions)} objects, {train_set.num_expressions} expressions; training {length}", flush=True)
     result = train_demo(recipe, train_set)
     model_dir = out / "model"
     if model_dir.exists():
         shutil.rmtree(model_dir)
     # float16 storage: the shipped model must stay under 10 MB; outputs change by ~1e-3 at most
     result.model.save_pretrained(model_dir, tokenizer=result.tokenizer, dtype=torch.float16)
-    (model_dir / "training.json").write_text(json.dumps({"recipe": recipe.to_dict(), "train_seconds": round(result.seconds, 1)}, indent=2) + "\n")
+    (model_dir / "training.json").write_text(json.dumps({"recipe": recipe.to_dict(), "steps_done": result.steps, "train_seconds": round(result.seconds, 1)}, indent=2) + "\n")
     curve = plot_history(result.history, out / "training_curve.png")
     results = evaluate_demo(model_dir, out, seed, images, recipe.precision)
     results.update({
         "model": str(model_dir),
         "recipe": recipe.to_dict(),
+        "steps_done": result.steps,
         "train_seconds": round(result.seconds, 1),
         "total_seconds": round(time.perf_counter() - t0, 1),
         "training_curve": str(curve),
@@ -168,6 +170,6 @@ def run_train(out: Path, recipe: Any, seed: int = EVAL_SEED, images: int = 120) 
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "training_log.jsonl").write_text("".join(json.dumps(h) + "\n" for h in result.history))
     print(report(results))
-    print(f"\ntrained in {result.seconds / 60:.1f} min ({results['total_seconds'] / 60:.1f} min in all); "
+    print(f"\ntrained {result.steps} steps in {result.seconds / 60:.1f} min ({results['total_seconds'] / 60:.1f} min in all); "
           f"wrote {model_dir}, {curve}, {out / 'results.json'}")
     return results
