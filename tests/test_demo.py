@@ -167,3 +167,25 @@ def test_text_cache_encodes_only_the_words():
     with torch.no_grad():
         torch.testing.assert_close(model(image, text_features=feats, text_mask=mask),
                                    model(image, text_features=full, text_mask=full_mask), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.skipif(not (SHIPPED_MODEL / "config.json").is_file(), reason="no shipped demo model in this checkout")
+def test_init_with_added_blocks_computes_what_the_source_did():
+    from lavt.demo.trainer import DemoRecipe, _warm_start
+    from lavt.engine.loading import load_model
+    from lavt.models import LAVT
+
+    source = load_model(SHIPPED_MODEL).model.float().eval()
+    depths = list(source.config.depths)
+    depths[2] += 2
+    grown = LAVT(DemoRecipe(depths=tuple(depths)).model_config())
+    _warm_start(grown, SHIPPED_MODEL)
+    grown.eval()
+    assert len(grown.backbone.layers[2].blocks) == depths[2]
+    torch.manual_seed(0)
+    image, feats = torch.randn(2, 3, 128, 128), torch.randn(2, 20, source.config.text_dim)
+    mask = torch.ones(2, 20, dtype=torch.long)
+    mask[1, 6:] = 0
+    with torch.no_grad():
+        torch.testing.assert_close(grown(image, text_features=feats, text_mask=mask),
+                                   source(image, text_features=feats, text_mask=mask), atol=1e-4, rtol=1e-4)

@@ -57,7 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--data-seed", type=int, default=d.data_seed)
     g.add_argument("--train-seed", type=int, default=d.seed)
     g.add_argument("--precision", default=d.precision, choices=["auto", "fp32", "bf16"])
-    g.add_argument("--init", type=Path, default=None, help="continue from this demo model folder (same architecture) instead of from scratch")
+    g.add_argument("--init", type=Path, default=None, help="continue from this demo model folder instead of from scratch (same widths; "
+                   "--patch-size may differ, the stem is resampled; --depths may add blocks, which start as identities)")
     g.add_argument("--drop-path", type=float, default=d.drop_path_rate, help=f"stochastic depth rate (default {d.drop_path_rate})")
     p.set_defaults(func=run)
 

@@ -67,7 +67,7 @@ class DemoRecipe:
     train_images: int = 4000
     data_seed: int = 0
     seed: int = 0
-    init: str | None = None  # start from this demo model's weights (same architecture) instead of scratch
+    init: str | None = None  # start from this demo model's weights instead of scratch (see _warm_start)
 
     def model_config(self) -> Any:
         from lavt.data.tokenization import default_text_encoder_dir
