@@ -256,8 +256,8 @@ def _warm_start(model: Any, folder: Path) -> None:
     and for blocks added at the end of a stage, which start as identities."""
     from lavt.engine.loading import load_model
 
-    source = load_model(folder).model.state_dict()
-    target = model.state_dict()
+    loaded = load_model(folder).model
+    source, target = loaded.state_dict(), model.state_dict()
     stem, ape = "backbone.patch_embed.proj.weight", "backbone.absolute_pos_embed"
     if stem in source and stem in target and source[stem].shape[:2] == target[stem].shape[:2]:
         source[stem] = resample_patch_embed(source[stem].float(), target[stem].shape[-1])
@@ -271,10 +271,13 @@ def _warm_start(model: Any, folder: Path) -> None:
     bad = sorted(k for k in target if k not in source or source[k].shape != target[k].shape)
     extra = sorted(k for k in source if k not in target)
     if bad or extra:
+        c = loaded.config
         raise LAVTUserError(
-            f"--init {folder}: its architecture differs from the recipe's ({len(bad)} missing or misshaped "
-            f"weights, e.g. {(bad + extra)[:3]}); give the same --embed-dim/--num-heads/... it was trained "
-            "with (only --patch-size and --image-size may differ, and --depths may add blocks)"
+            f"--init {folder}: its architecture differs from the recipe's ({len(bad)} missing or misshaped and "
+            f"{len(extra)} unexpected weights, e.g. {(bad + extra)[:3]}); it was trained with --embed-dim "
+            f"{c.embed_dim} --depths {','.join(map(str, c.depths))} --num-heads {','.join(map(str, c.num_heads))} "
+            f"--window-size {c.window_size} --decoder-hidden {c.decoder_hidden}: give the same (only "
+            "--patch-size and --image-size may differ, and --depths may add blocks)"
         )
     model.load_state_dict({k: v.to(target[k].dtype) for k, v in source.items()})
 
