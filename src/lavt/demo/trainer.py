@@ -239,16 +239,6 @@ def resample_patch_embed(weight: torch.Tensor, patch: int) -> torch.Tensor:
     raise LAVTUserError(f"cannot resample a {old}x{old} stem to {patch}x{patch}: the patch sizes must divide one another")
 
 
-def _added_block(key: str, source: dict[str, torch.Tensor]) -> bool:
-    """Whether `key` belongs to a Swin block past the last one the source has in that stage."""
-    m = re.match(r"backbone\.layers\.(\d+)\.blocks\.(\d+)\.", key)
-    if m is None:
-        return False
-    stage, block = m.group(1), int(m.group(2))
-    have = {int(k.split(".")[4]) for k in source if k.startswith(f"backbone.layers.{stage}.blocks.")}
-    return bool(have) and block > max(have)
-
-
 def _warm_start(model: Any, folder: Path) -> None:
     """Copy a saved demo model's weights into `model`. The recipe must build the same shapes,
     except for the patch size and the absolute position grid, which are resampled (the stem
@@ -266,8 +256,15 @@ def _warm_start(model: Any, folder: Path) -> None:
             source[ape] = F.interpolate(source[ape].float(), size=target[ape].shape[-2:], mode="bicubic", align_corners=False)
     # Deeper stages: the blocks the source lacks start as identities (their residual branches'
     # output projections zeroed), so the grown model computes what the source did.
-    for key in [k for k in target if k not in source and _added_block(k, source)]:
-        source[key] = torch.zeros_like(target[key]) if re.search(r"\.(attn\.proj|mlp\.fc2)\.", key) else target[key]
+    block = re.compile(r"backbone\.layers\.(\d+)\.blocks\.(\d+)\.")
+    have: dict[str, int] = {}  # blocks per stage in the source
+    for k in source:
+        if m := block.match(k):
+            have[m.group(1)] = max(have.get(m.group(1), 0), int(m.group(2)) + 1)
+    for key in target:
+        m = block.match(key)
+        if key not in source and m and m.group(1) in have and int(m.group(2)) >= have[m.group(1)]:
+            source[key] = torch.zeros_like(target[key]) if re.search(r"\.(attn\.proj|mlp\.fc2)\.", key) else target[key]
     bad = sorted(k for k in target if k not in source or source[k].shape != target[k].shape)
     extra = sorted(k for k in source if k not in target)
     if bad or extra:
