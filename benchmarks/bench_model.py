@@ -442,6 +442,11 @@ def main(argv: list[str] | None = None) -> int:
         default="peak,inference,train,eval",
         help="comma list of sections: peak, inference (fp32+bf16+flops), train, eval",
     )
+    p.add_argument(
+        "--train-precisions",
+        default="fp32,bf16",
+        help="comma list of our training precisions (default fp32,bf16; bf16 is slow without AVX512-BF16/AMX)",
+    )
     p.add_argument("--checkpointing", action="store_true", help="also train ours with activation checkpointing")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.add_argument("--child-side", default=None, help=argparse.SUPPRESS)
@@ -468,7 +473,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # Training first, while this process holds no model: each side in its own process.
     if "train" in sections:
-        runs = [("ours", "fp32"), ("ours", "bf16")]
+        precisions = [x for x in args.train_precisions.split(",") if x]
+        runs = [("ours", prec) for prec in precisions]
         # ours with glibc's default allocator behaviour, for information (lavt.engine.train
         # keeps freed blocks for reuse on a CPU; see lavt/engine/memory.py)
         runs.insert(1, ("ours_glibc_default", "fp32"))

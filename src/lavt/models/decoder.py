@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lavt.models.fast import autocast_dtype, cache_allowed, folded_conv_bn, low_precision
+from lavt.models.winograd import conv3x3, winograd_applies
 
 
 class SimpleDecoding(nn.Module):
@@ -45,17 +46,21 @@ class SimpleDecoding(nn.Module):
             dt = autocast_dtype(x.device.type) or x.dtype
             w, b = folded_conv_bn(conv, bn, dt, channels_last)
             return F.relu_(F.conv2d(x.to(dt), w, b, conv.stride, conv.padding))
-        return F.relu(bn(conv(x)), inplace=True)  # BatchNorm's backward needs its input, not its output
+        y = conv3x3(x, conv.weight) if conv.bias is None else conv(x)  # Winograd where it applies
+        return F.relu(bn(y), inplace=True)  # BatchNorm's backward needs its input, not its output
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         """feats: [F1, F2, F3, F4] as (B, C_i, H_i, W_i) -> logits (B, classes, H_1, W_1).
 
         Reduced precision (bf16/fp16, autocast or not) runs channels-last, where oneDNN's
-        bf16 convolutions are several times faster; float32 runs channels-first (faster there).
+        bf16 convolutions are several times faster; float32 inference runs channels-first
+        (faster there). Float32 training on the CPU runs the 3x3 convolutions by Winograd
+        (`winograd.py`), whose transforms work on channels-last maps.
         """
         f1, f2, f3, f4 = feats
         cl = low_precision(f1)
-        fmt = torch.channels_last if cl else torch.contiguous_format
+        wino = not cache_allowed(self) and winograd_applies(f1, self.conv2_2.weight)
+        fmt = torch.channels_last if cl or wino else torch.contiguous_format
         x = self._up_cat(f4, f3, fmt)
         x = self._conv_bn_relu(x, self.conv1_4, self.bn1_4, cl)
         x = self._conv_bn_relu(x, self.conv2_4, self.bn2_4, cl)
@@ -65,4 +70,7 @@ class SimpleDecoding(nn.Module):
         x = self._up_cat(x, f1, fmt)
         x = self._conv_bn_relu(x, self.conv1_2, self.bn1_2, cl)
         x = self._conv_bn_relu(x, self.conv2_2, self.bn2_2, cl)
+        if wino:  # the 1x1 classifier as a matmul over channels-last pixels (oneDNN's 1x1 backward is slow)
+            w = self.conv1_1.weight
+            return F.linear(x.permute(0, 2, 3, 1), w.view(w.shape[0], -1), self.conv1_1.bias).permute(0, 3, 1, 2)
         return self.conv1_1(x)

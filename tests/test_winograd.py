@@ -1,0 +1,84 @@
+"""Winograd F(2x2, 3x3) convolution: same values and gradients as F.conv2d, every map shape."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lavt.models import decoder as decoder_module
+from lavt.models import winograd
+from lavt.models.decoder import SimpleDecoding
+
+
+def _grads(fn, x, w, g):
+    x = x.detach().clone().requires_grad_()
+    w = w.detach().clone().requires_grad_()
+    y = fn(x, w)
+    dx, dw = torch.autograd.grad(y, (x, w), g)
+    return y.detach(), dx, dw
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, rel: float = 2e-6) -> None:
+    scale = b.abs().max().item()
+    assert (a - b).abs().max().item() <= rel * scale + 1e-7, ((a - b).abs().max().item(), scale)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(2, 5, 7, 6, 8), (1, 3, 4, 7, 5), (2, 16, 8, 9, 2), (3, 8, 6, 2, 3), (1, 4, 3, 11, 13)],
+    ids=lambda s: "x".join(map(str, s)),
+)
+@pytest.mark.parametrize("band_bytes", [1, 16 << 20], ids=["one-row-bands", "one-band"])
+def test_matches_conv2d_values_and_gradients(shape, band_bytes, monkeypatch):
+    monkeypatch.setattr(winograd, "_BAND_BYTES", band_bytes)
+    b, c, o, h, w = shape
+    gen = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(b, c, h, w, generator=gen)
+    wt = torch.randn(o, c, 3, 3, generator=gen)
+    g = torch.randn(b, o, h, w, generator=gen)
+    ref = _grads(lambda a, k: F.conv2d(a, k, padding=1), x, wt, g)
+    for inp, grad in ((x, g), (x.contiguous(memory_format=torch.channels_last), g.contiguous(memory_format=torch.channels_last))):
+        got = _grads(winograd.conv3x3, inp, wt, grad)
+        assert got[0].shape == ref[0].shape
+        for a, r in zip(got, ref):
+            _close(a, r)
+
+
+def test_output_is_channels_last_and_float64_falls_back():
+    x = torch.randn(1, 4, 6, 6)
+    w = torch.randn(5, 4, 3, 3)
+    assert winograd.conv3x3(x, w).is_contiguous(memory_format=torch.channels_last)
+    xd, wd = x.double(), w.double()
+    assert not winograd.winograd_applies(xd, wd)
+    assert torch.equal(winograd.conv3x3(xd, wd), F.conv2d(xd, wd, padding=1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not winograd.winograd_applies(x, w)
+        assert torch.equal(winograd.conv3x3(x, w), F.conv2d(x, w, padding=1))
+
+
+def test_filter_transform_adjoint_is_its_gradient():
+    w = torch.randn(3, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    du = torch.randn(16, 2, 3, dtype=torch.float64)
+    (auto,) = torch.autograd.grad(winograd.filter_transform(w), w, du)
+    assert torch.allclose(winograd.filter_transform_adjoint(du.transpose(1, 2)), auto)
+
+
+def test_decoder_training_step_matches_direct_convolutions(monkeypatch):
+    torch.manual_seed(0)
+    dec = SimpleDecoding((8, 16, 32, 32), hidden=16).train()
+    feats = [torch.randn(2, c, s, s) for c, s in ((8, 16), (16, 8), (32, 4), (32, 2))]
+    g = torch.randn(2, 2, 16, 16)
+
+    def run():
+        dec.zero_grad()
+        inputs = [f.clone().requires_grad_() for f in feats]
+        out = dec(inputs)
+        out.backward(g)
+        return [out.detach()] + [i.grad for i in inputs] + [p.grad.clone() for p in dec.parameters()]
+
+    fast = run()
+    monkeypatch.setattr(decoder_module, "conv3x3", lambda x, w: F.conv2d(x, w, padding=1))
+    monkeypatch.setattr(decoder_module, "winograd_applies", lambda x, w: False)
+    slow = run()
+    for a, r in zip(fast, slow):
+        _close(a, r, rel=1e-5)
