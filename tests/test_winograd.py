@@ -38,16 +38,23 @@ def test_matches_conv2d_values_and_gradients(shape, band_bytes, monkeypatch):
     g = torch.randn(b, o, h, w, generator=gen)
     ref = _grads(lambda a, k: F.conv2d(a, k, padding=1), x, wt, g)
     for inp, grad in ((x, g), (x.contiguous(memory_format=torch.channels_last), g.contiguous(memory_format=torch.channels_last))):
-        got = _grads(winograd.conv3x3, inp, wt, grad)
+        got = _grads(winograd.winograd_conv3x3, inp, wt, grad)
         assert got[0].shape == ref[0].shape
         for a, r in zip(got, ref):
             _close(a, r)
 
 
-def test_output_is_channels_last_and_float64_falls_back():
-    x = torch.randn(1, 4, 6, 6)
-    w = torch.randn(5, 4, 3, 3)
+def test_dispatch_rule():
+    """Winograd for float32 convolutions of >= MIN_CHANNELS channels; F.conv2d (bitwise) else."""
+    n = winograd.MIN_CHANNELS
+    x = torch.randn(1, n, 4, 4)
+    w = torch.randn(n, n, 3, 3) * 0.05
+    assert winograd.winograd_applies(x, w)
     assert winograd.conv3x3(x, w).is_contiguous(memory_format=torch.channels_last)
+    small = torch.randn(1, n - 1, 4, 4), torch.randn(n, n - 1, 3, 3)
+    assert not winograd.winograd_applies(*small)
+    assert torch.equal(winograd.conv3x3(*small), F.conv2d(*small, padding=1))
+    assert not winograd.winograd_applies(x[..., :1, :], w)  # a single row: no 2x2 tile
     xd, wd = x.double(), w.double()
     assert not winograd.winograd_applies(xd, wd)
     assert torch.equal(winograd.conv3x3(xd, wd), F.conv2d(xd, wd, padding=1))
@@ -65,9 +72,13 @@ def test_filter_transform_adjoint_is_its_gradient():
 
 def test_decoder_training_step_matches_direct_convolutions(monkeypatch):
     torch.manual_seed(0)
-    dec = SimpleDecoding((8, 16, 32, 32), hidden=16).train()
-    feats = [torch.randn(2, c, s, s) for c, s in ((8, 16), (16, 8), (32, 4), (32, 2))]
-    g = torch.randn(2, 2, 16, 16)
+    hidden = winograd.MIN_CHANNELS
+    dec = SimpleDecoding((8, 16, 32, 32), hidden=hidden).train()
+    feats = [torch.randn(2, c, s, s) for c, s in ((8, 8), (16, 4), (32, 2), (32, 2))]
+    g = torch.randn(2, 2, 8, 8)
+    calls = []
+    real = winograd.winograd_conv3x3
+    monkeypatch.setattr(winograd, "winograd_conv3x3", lambda x, w: calls.append(w.shape) or real(x, w))
 
     def run():
         dec.zero_grad()
@@ -77,6 +88,7 @@ def test_decoder_training_step_matches_direct_convolutions(monkeypatch):
         return [out.detach()] + [i.grad for i in inputs] + [p.grad.clone() for p in dec.parameters()]
 
     fast = run()
+    assert len(calls) == 5  # all but conv1_4, whose 64 input channels are too few
     monkeypatch.setattr(decoder_module, "conv3x3", lambda x, w: F.conv2d(x, w, padding=1))
     monkeypatch.setattr(decoder_module, "winograd_applies", lambda x, w: False)
     slow = run()
