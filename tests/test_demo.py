@@ -61,12 +61,15 @@ def test_shipped_model_reaches_its_goal_on_fresh_scenes(tmp_path):
 def test_train_continues_from_a_demo_model(tmp_path, capsys):
     # 20 steps from scratch segment nothing useful; 20 steps continuing from the shipped
     # model keep what it learned (it scores ~81 oIoU on fresh scenes)
+    # (no architecture options: they default to the --init model's own, 1-1-4-1 blocks where
+    # the recipe's default is 1-1-2-1)
     out = tmp_path / "ft"
-    depths = ",".join(map(str, json.loads((SHIPPED_MODEL / "config.json").read_text())["depths"]))
-    args = ["demo", "--train", "--quick", "--init", str(SHIPPED_MODEL), "--depths", depths, "--lr", "1e-4"]
+    shipped = json.loads((SHIPPED_MODEL / "config.json").read_text())
+    args = ["demo", "--train", "--quick", "--init", str(SHIPPED_MODEL), "--lr", "1e-4"]
     assert main(args + ["--out", str(out), "--images", "8"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["recipe"]["init"] == str(SHIPPED_MODEL)
+    assert list(results["recipe"]["depths"]) == shipped["depths"] != [1, 1, 2, 1]
     assert results["with_expression"]["metrics"]["oIoU"] >= 40.0, results["with_expression"]
 
 
@@ -79,6 +82,8 @@ def test_train_init_with_another_architecture_is_refused(tmp_path, capsys):
     assert "--embed-dim 32 --depths 1,1,4,1" in err  # says what the model was trained with
     assert main(["demo", "--train", "--quick", "--init", str(tmp_path / "nowhere"), "--out", str(tmp_path / "y")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["demo", "--train", "--quick", "--init", str(tmp_path), "--out", str(tmp_path / "w")]) == 2
+    assert "no config.json" in capsys.readouterr().err
     assert main(["demo", "--train", "--quick", "--drop-path", "1.5", "--out", str(tmp_path / "z")]) == 2
     assert "--drop-path" in capsys.readouterr().err
 

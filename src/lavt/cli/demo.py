@@ -12,6 +12,27 @@ def _ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+# Architecture options: without a value they take the --init model's (from its config.json),
+# else the recipe's defaults.
+ARCHITECTURE = ("image_size", "patch_size", "embed_dim", "depths", "num_heads", "window_size", "decoder_hidden", "pwam_norm")
+
+
+def _init_architecture(folder: Path) -> dict:
+    """The architecture options of the demo model in `folder` (its config.json)."""
+    import json
+
+    from lavt.errors import LAVTUserError
+
+    path = folder / "config.json"
+    if not path.is_file():
+        raise LAVTUserError(f"--init {folder}: " + ("does not exist" if not folder.exists() else "no config.json there (not a saved model folder)"))
+    try:
+        cfg = json.loads(path.read_text())
+        return {k: tuple(cfg[k]) if isinstance(cfg[k], list) else cfg[k] for k in ARCHITECTURE}
+    except (ValueError, KeyError, TypeError) as e:
+        raise LAVTUserError(f"--init {folder}: config.json is not a LAVT demo model's ({e.__class__.__name__}: {e})") from None
+
+
 # training time of the default `lavt demo --train`: with data generation and evaluation the
 # whole run stays within 10 minutes on 2 cores
 DEFAULT_MINUTES = 8.5
@@ -44,21 +65,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--lr", type=float, default=d.lr)
     g.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
     g.add_argument("--curriculum", type=float, default=d.curriculum, help="share of the run (steps or minutes) on attribute expressions only")
-    g.add_argument("--image-size", type=int, default=d.image_size)
-    g.add_argument("--patch-size", type=int, default=d.patch_size, help=f"stem stride: the mask comes out at 1/patch resolution (default {d.patch_size})")
-    g.add_argument("--embed-dim", type=int, default=d.embed_dim)
-    g.add_argument("--depths", type=_ints, default=d.depths)
-    g.add_argument("--num-heads", type=_ints, default=d.num_heads)
-    g.add_argument("--window-size", type=int, default=d.window_size)
-    g.add_argument("--decoder-hidden", type=int, default=d.decoder_hidden)
-    g.add_argument("--pwam-norm", default=d.pwam_norm, choices=["instance", "layer", "none"],
-                   help=f"PWAM normalisation (official: instance; default here {d.pwam_norm})")
+    g.add_argument("--image-size", type=int, default=None, help=f"default: the --init model's, else {d.image_size}")
+    g.add_argument("--patch-size", type=int, default=None,
+                   help=f"stem stride: the mask comes out at 1/patch resolution (default: the --init model's, else {d.patch_size})")
+    g.add_argument("--embed-dim", type=int, default=None, help=f"default: the --init model's, else {d.embed_dim}")
+    g.add_argument("--depths", type=_ints, default=None, help=f"blocks per stage (default: the --init model's, else {','.join(map(str, d.depths))})")
+    g.add_argument("--num-heads", type=_ints, default=None, help=f"default: the --init model's, else {','.join(map(str, d.num_heads))}")
+    g.add_argument("--window-size", type=int, default=None, help=f"default: the --init model's, else {d.window_size}")
+    g.add_argument("--decoder-hidden", type=int, default=None, help=f"default: the --init model's, else {d.decoder_hidden}")
+    g.add_argument("--pwam-norm", default=None, choices=["instance", "layer", "none"],
+                   help=f"PWAM normalisation (official: instance; default: the --init model's, else {d.pwam_norm})")
     g.add_argument("--train-images", type=int, default=d.train_images)
     g.add_argument("--data-seed", type=int, default=d.data_seed)
     g.add_argument("--train-seed", type=int, default=d.seed)
     g.add_argument("--precision", default=d.precision, choices=["auto", "fp32", "bf16"])
-    g.add_argument("--init", type=Path, default=None, help="continue from this demo model folder instead of from scratch (same widths; "
-                   "--patch-size may differ, the stem is resampled; --depths may add blocks, which start as identities)")
+    g.add_argument("--init", type=Path, default=None, help="continue from this demo model folder instead of from scratch; the "
+                   "architecture options default to its own (same widths; --patch-size may differ, the stem is resampled; "
+                   "--depths may add blocks, which start as identities)")
     g.add_argument("--drop-path", type=float, default=d.drop_path_rate, help=f"stochastic depth rate (default {d.drop_path_rate})")
     p.set_defaults(func=run)
 
@@ -79,9 +102,10 @@ def run(args: argparse.Namespace) -> int:
     steps, minutes = args.steps, args.minutes
     if steps is None and minutes is None:
         minutes = DEFAULT_MINUTES
+    arch = _init_architecture(args.init) if args.init else {k: getattr(DemoRecipe, k) for k in ARCHITECTURE}
+    arch.update({k: getattr(args, k) for k in ARCHITECTURE if getattr(args, k) is not None})
     recipe = DemoRecipe(
-        image_size=args.image_size, patch_size=args.patch_size, embed_dim=args.embed_dim, depths=args.depths, num_heads=args.num_heads,
-        window_size=args.window_size, decoder_hidden=args.decoder_hidden, pwam_norm=args.pwam_norm, steps=DemoRecipe.steps if steps is None else steps, minutes=minutes, batch_size=args.batch_size, lr=args.lr,
+        **arch, steps=DemoRecipe.steps if steps is None else steps, minutes=minutes, batch_size=args.batch_size, lr=args.lr,
         warmup_steps=args.warmup_steps, curriculum=args.curriculum, precision=args.precision,
         train_images=args.train_images, data_seed=args.data_seed, seed=args.train_seed,
         init=str(args.init) if args.init else None, drop_path_rate=args.drop_path,
