@@ -94,3 +94,26 @@ def test_decoder_training_step_matches_direct_convolutions(monkeypatch):
     slow = run()
     for a, r in zip(fast, slow):
         _close(a, r, rel=1e-5)
+
+
+def test_decoder_inference_matches_direct_convolutions(monkeypatch):
+    """Eval mode under inference_mode: folded BatchNorm + Winograd = folded BatchNorm + F.conv2d."""
+    torch.manual_seed(1)
+    hidden = winograd.MIN_CHANNELS
+    dec = SimpleDecoding((8, 16, 32, 32), hidden=hidden)
+    for m in dec.modules():  # non-trivial running statistics, so the folding matters
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    dec.eval()
+    feats = [torch.randn(2, c, s, s) for c, s in ((8, 10), (16, 5), (32, 3), (32, 2))]
+    calls = []
+    real = winograd.winograd_conv3x3
+    monkeypatch.setattr(winograd, "winograd_conv3x3", lambda x, w: calls.append(w.shape) or real(x, w))
+    with torch.inference_mode():
+        fast = dec(feats)
+    assert len(calls) == 5
+    monkeypatch.setattr(decoder_module, "winograd_applies", lambda x, w: False)
+    with torch.inference_mode():
+        slow = dec(feats)
+    _close(fast, slow, rel=1e-5)

@@ -45,6 +45,8 @@ class SimpleDecoding(nn.Module):
             # Eval: BatchNorm folded into the convolution (cached), ReLU in place.
             dt = autocast_dtype(x.device.type) or x.dtype
             w, b = folded_conv_bn(conv, bn, dt, channels_last)
+            if winograd_applies(x, w):
+                return F.relu_(conv3x3(x, w).add_(b.view(1, -1, 1, 1)))
             return F.relu_(F.conv2d(x.to(dt), w, b, conv.stride, conv.padding))
         y = conv3x3(x, conv.weight) if conv.bias is None else conv(x)  # Winograd where it applies
         return F.relu(bn(y), inplace=True)  # BatchNorm's backward needs its input, not its output
@@ -53,13 +55,13 @@ class SimpleDecoding(nn.Module):
         """feats: [F1, F2, F3, F4] as (B, C_i, H_i, W_i) -> logits (B, classes, H_1, W_1).
 
         Reduced precision (bf16/fp16, autocast or not) runs channels-last, where oneDNN's
-        bf16 convolutions are several times faster; float32 inference runs channels-first
-        (faster there). Float32 training on the CPU runs the 3x3 convolutions by Winograd
-        (`winograd.py`), whose transforms work on channels-last maps.
+        bf16 convolutions are several times faster. Float32 on the CPU runs the wide 3x3
+        convolutions by Winograd (`winograd.py`, 1.3-1.7x faster than oneDNN's direct ones in
+        inference), whose transforms work on channels-last maps; the rest runs channels-first.
         """
         f1, f2, f3, f4 = feats
         cl = low_precision(f1)
-        wino = not cache_allowed(self) and winograd_applies(f1, self.conv2_2.weight)
+        wino = winograd_applies(f1, self.conv2_2.weight)
         fmt = torch.channels_last if cl or wino else torch.contiguous_format
         x = self._up_cat(f4, f3, fmt)
         x = self._conv_bn_relu(x, self.conv1_4, self.bn1_4, cl)

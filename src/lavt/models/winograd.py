@@ -2,7 +2,7 @@
 float32 on the CPU.
 
 Why: the decoder's 3x3 convolutions at 1/4 resolution (512 channels) are about 40% of a
-LAVT training step, and where oneDNN has no Winograd kernel (x86 without AVX-512) it runs
+LAVT training step and half of a forward's FLOPs, and where oneDNN has no Winograd kernel (x86 without AVX-512) it runs
 them, forward and backward, as direct convolutions at or below the matmul rate. F(2x2, 3x3)
 computes each 2x2 output tile from a 4x4 input tile with 16 channel matmuls instead of 36:
 2.25x fewer multiply-adds, in batched matmuls that run at the machine's matmul peak. The
@@ -253,6 +253,8 @@ def winograd_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
 def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """`F.conv2d(x, weight, padding=1)` by F(2x2, 3x3), whatever the sizes (float32 or float64
     tensors on the CPU); an NCHW result in channels-last memory. Differentiable in both."""
+    if not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
+        return _forward(x, weight)  # inference: no autograd node, nothing saved
     return _Winograd3x3.apply(x, weight)
 
 
