@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lavt.models.fast import autocast_dtype, cache_allowed, folded_conv_bn, low_precision
-from lavt.models.winograd import conv3x3, winograd_applies
+from lavt.models.winograd import conv3x3, winograd_applies, winograd_conv3x3
 
 
 class SimpleDecoding(nn.Module):
@@ -46,7 +46,7 @@ class SimpleDecoding(nn.Module):
             dt = autocast_dtype(x.device.type) or x.dtype
             w, b = folded_conv_bn(conv, bn, dt, channels_last)
             if winograd_applies(x, w):
-                return F.relu_(conv3x3(x, w).add_(b.view(1, -1, 1, 1)))
+                return F.relu_(winograd_conv3x3(x, w).add_(b.view(1, -1, 1, 1)))
             return F.relu_(F.conv2d(x.to(dt), w, b, conv.stride, conv.padding))
         y = conv3x3(x, conv.weight) if conv.bias is None else conv(x)  # Winograd where it applies
         return F.relu(bn(y), inplace=True)  # BatchNorm's backward needs its input, not its output

@@ -57,12 +57,10 @@ def _pair(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor, ou
     torch.sub(b, d, out=out[3])
 
 
-def _input_tiles(xp: torch.Tensor, t0: int, nt: int, mt: int, out: torch.Tensor) -> torch.Tensor:
-    """V for tile rows t0..t0+nt of one padded image xp (Hp, Wp, C): out (4, 4, nt, mt, C)."""
-    rows = xp[2 * t0 : 2 * (t0 + nt) + 2]
-    r = [rows[k : k + 2 * nt : 2] for k in range(4)]  # (nt, Wp, C) each
-    c = r[0].shape[-1]
-    tmp = torch.empty((4, nt, xp.shape[1], c), dtype=xp.dtype, device=xp.device)
+def _input_tiles(xb: torch.Tensor, nt: int, mt: int, out: torch.Tensor) -> torch.Tensor:
+    """V for the nt tile rows of one padded band xb (2*nt + 2, Wp, C): out (4, 4, nt, mt, C)."""
+    r = [xb[k : k + 2 * nt : 2] for k in range(4)]  # (nt, Wp, C) each
+    tmp = xb.new_empty((4, nt, xb.shape[1], xb.shape[2]))
     _pair(*r, out=tmp)
     for i in range(4):
         cols = [tmp[i][:, k : k + 2 * mt : 2] for k in range(4)]  # (nt, mt, C) each
@@ -98,8 +96,8 @@ def _output_tiles_adjoint(dy: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _input_tiles_adjoint_add(dv: torch.Tensor, dxp: torch.Tensor, t0: int, nt: int, mt: int) -> None:
-    """dxp (Hp, Wp, C) += the overlap-add of B dV B^T for tile rows t0..t0+nt; dv (4, 4, nt, mt, C).
+def _input_tiles_adjoint_add(dv: torch.Tensor, dxb: torch.Tensor, nt: int, mt: int) -> None:
+    """dxb (2*nt + 2, Wp, C) += the overlap-add of B dV B^T for the band's nt tile rows; dv (4, 4, nt, mt, C).
 
     Adjoint of `_pair` per axis: from (v0..v3) the tile positions get
     (v0, v1 - v2 + v3, v2 + v1 - v0, -v3)."""
@@ -113,7 +111,7 @@ def _input_tiles_adjoint_add(dv: torch.Tensor, dxp: torch.Tensor, t0: int, nt: i
 
     g = adjoint(dv)  # over the row index: 4 tensors (4[j], nt, mt, C)
     for k in range(4):
-        rows = dxp[2 * t0 + k : 2 * (t0 + nt) + k : 2]  # (nt, Wp, C)
+        rows = dxb[k : 2 * nt + k : 2]  # (nt, Wp, C)
         for l, part in enumerate(adjoint(g[k])):
             rows[:, l : l + 2 * mt : 2].add_(part)
 
@@ -169,7 +167,7 @@ def _forward(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         for t0 in range(0, th, band):
             nt = min(band, th - t0)
             xb = _band(xh[i], 2 * t0 - 1, 2 * nt + 2, 2 * tw + 2)
-            v = _input_tiles(xb, 0, nt, tw, x.new_empty((4, 4, nt, tw, c_in)))
+            v = _input_tiles(xb, nt, tw, x.new_empty((4, 4, nt, tw, c_in)))
             del xb
             m = torch.bmm(v.view(16, nt * tw, c_in), u).view(4, 4, nt, tw, c_out)
             del v
@@ -207,14 +205,14 @@ def _backward(x: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor, need_dx: 
             dm2 = dm.view(16, nt * tw, c_out)
             if need_dw:
                 xb = _band(xh[i], 2 * t0 - 1, 2 * nt + 2, 2 * tw + 2)
-                v = _input_tiles(xb, 0, nt, tw, x.new_empty((4, 4, nt, tw, c_in)))
+                v = _input_tiles(xb, nt, tw, x.new_empty((4, 4, nt, tw, c_in)))
                 del xb
                 du_t.baddbmm_(dm2.transpose(1, 2), v.view(16, nt * tw, c_in))
                 del v
             if need_dx:
                 dv = torch.bmm(dm2, ut).view(4, 4, nt, tw, c_in)
                 gb = x.new_zeros((2 * nt + 2, 2 * tw + 2, c_in))  # padded rows 2*t0 .. 2*(t0+nt)+1
-                _input_tiles_adjoint_add(dv, gb, 0, nt, tw)
+                _input_tiles_adjoint_add(dv, gb, nt, tw)
                 del dv
                 if carry is not None:
                     gb[:2] += carry
