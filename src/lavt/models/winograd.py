@@ -191,7 +191,7 @@ def _backward(x: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor, need_dx: 
     dyh = dy.permute(0, 2, 3, 1)
     direct = h == 2 * th and w == 2 * tw and dyh.is_contiguous()
     dx = x.new_empty((b, h, w, c_in)) if need_dx else None
-    du_t = u.new_zeros((16, c_out, c_in)) if need_dw else None  # dU, transposed
+    du_t = None  # dU, transposed (16, C_out, C_in): the first band's product, then accumulated
     for i in range(b):
         carry = None  # the previous band's share of this band's first two padded rows
         for t0 in range(0, th, band):
@@ -207,7 +207,10 @@ def _backward(x: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor, need_dx: 
                 xb = _band(xh[i], 2 * t0 - 1, 2 * nt + 2, 2 * tw + 2)
                 v = _input_tiles(xb, nt, tw, x.new_empty((4, 4, nt, tw, c_in)))
                 del xb
-                du_t.baddbmm_(dm2.transpose(1, 2), v.view(16, nt * tw, c_in))
+                if du_t is None:  # no zero-filled buffer to add to: one pass less over dU
+                    du_t = torch.bmm(dm2.transpose(1, 2), v.view(16, nt * tw, c_in))
+                else:
+                    du_t.baddbmm_(dm2.transpose(1, 2), v.view(16, nt * tw, c_in))
                 del v
             if need_dx:
                 dv = torch.bmm(dm2, ut).view(4, 4, nt, tw, c_in)
