@@ -49,11 +49,11 @@ def test_shipped_model_reaches_its_goal_on_fresh_scenes(tmp_path):
     results = run_demo(tmp_path / "demo", seed=424242, images=60)
     with_text = results["with_expression"]["metrics"]["oIoU"]
     no_text = results["empty_expression"]["metrics"]["oIoU"]
-    # Measured on this seed: 81.45 oIoU with the expressions, 12.59 without (seed 20261127, 120
-    # scenes: 81.25 and 15.46). The goal (>= 85) is not reached yet; these bounds guard
-    # what the shipped model does.
-    assert with_text >= 76.0, results["with_expression"]
-    assert with_text - no_text >= 60.0
+    # Measured on this seed: 83.10 oIoU with the expressions, 13.35 without (seed 20261127, 120
+    # scenes: 82.81 and 14.57). The goal (>= 85) is not reached yet; these bounds guard
+    # what the shipped model does (a few points below the measured, for BLAS rounding).
+    assert with_text >= 79.0, results["with_expression"]
+    assert with_text - no_text >= 63.0
     assert (tmp_path / "demo" / "model" / "config.json").is_file()
 
 
