@@ -51,7 +51,8 @@ def test_shipped_model_reaches_its_goal_on_fresh_scenes(tmp_path):
     no_text = results["empty_expression"]["metrics"]["oIoU"]
     # Measured on this seed: 83.10 oIoU with the expressions, 13.35 without (seed 20261127, 120
     # scenes: 82.81 and 14.57). The goal (>= 85) is not reached yet; these bounds guard
-    # what the shipped model does (a few points below the measured, for BLAS rounding).
+    # what the shipped model does, a few points below the measured (float32 here, bf16 on CPUs
+    # with native bf16: 82.80 / 82.81 on the 120 scenes).
     assert with_text >= 79.0, results["with_expression"]
     assert with_text - no_text >= 63.0
     assert (tmp_path / "demo" / "model" / "config.json").is_file()

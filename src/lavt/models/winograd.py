@@ -207,11 +207,10 @@ def _backward(x: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor, need_dx: 
                 xb = _band(xh[i], 2 * t0 - 1, 2 * nt + 2, 2 * tw + 2)
                 v = _input_tiles(xb, nt, tw, x.new_empty((4, 4, nt, tw, c_in)))
                 del xb
-                if du_t is None:  # no zero-filled buffer to add to: one pass less over dU
-                    du_t = torch.bmm(dm2.transpose(1, 2), v.view(16, nt * tw, c_in))
-                else:
-                    du_t.baddbmm_(dm2.transpose(1, 2), v.view(16, nt * tw, c_in))
-                del v
+                dm_t, v2 = dm2.transpose(1, 2), v.view(16, nt * tw, c_in)
+                # the first band's product starts dU: no zero-filled buffer to add to
+                du_t = torch.bmm(dm_t, v2) if du_t is None else du_t.baddbmm_(dm_t, v2)
+                del v, v2, dm_t
             if need_dx:
                 dv = torch.bmm(dm2, ut).view(4, 4, nt, tw, c_in)
                 gb = x.new_zeros((2 * nt + 2, 2 * tw + 2, c_in))  # padded rows 2*t0 .. 2*(t0+nt)+1
