@@ -38,6 +38,34 @@ def test_bad_demo_options(tmp_path, capsys):
     assert "--lr" in capsys.readouterr().err
     assert main(["demo", "--images", "0", "--out", str(tmp_path)]) == 2
     assert "--images" in capsys.readouterr().err
+    # a misspelt kind names the known ones; a weight without '=' is an argparse error (exit 2)
+    assert main(["demo", "--train", "--quick", "--kind-weights", "relatoin=2", "--out", str(tmp_path)]) == 2
+    assert "unknown expression kind 'relatoin'" in capsys.readouterr().err
+    assert main(["demo", "--train", "--quick", "--kind-weights", "relation=-1", "--out", str(tmp_path)]) == 2
+    assert "must be a finite number >= 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--train", "--quick", "--kind-weights", "relation", "--out", str(tmp_path)])
+    assert e.value.code == 2 and "KIND=WEIGHT" in capsys.readouterr().err
+
+
+def test_kind_weights_shift_the_expression_draw():
+    import numpy as np
+
+    from lavt.demo.trainer import ExpressionSampler
+
+    refs = [[("red star", "attribute"), ("leftmost star", "position"), ("star left of the ring", "relation")],
+            [("blue ring", "attribute")]]
+    rng = np.random.default_rng(0)
+    draws = [ExpressionSampler(refs, {"relation": 2.0})(0, rng) for _ in range(8000)]
+    share = draws.count("star left of the ring") / len(draws)
+    assert abs(share - 0.5) < 0.02  # 2 / (1 + 1 + 2)
+    zero = ExpressionSampler(refs, {"relation": 0.0, "position": 0.0})
+    assert {zero(0, rng) for _ in range(200)} == {"red star"}
+    # a ref whose only kinds weigh 0 is still drawn from (uniformly), not dropped
+    assert ExpressionSampler(refs, {"attribute": 0.0})(1, rng) == "blue ring"
+    # without weights: the earlier stages' draw, one integer per expression
+    a, b = np.random.default_rng(5), np.random.default_rng(5)
+    assert [ExpressionSampler(refs, {})(0, a) for _ in range(20)] == [refs[0][b.integers(3)][0] for _ in range(20)]
 
 
 @pytest.mark.skipif(not (SHIPPED_MODEL / "config.json").is_file(), reason="no shipped demo model in this checkout")

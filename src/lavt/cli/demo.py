@@ -12,6 +12,19 @@ def _ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _kind_weights(text: str) -> dict[str, float]:
+    out = {}
+    for item in filter(None, text.split(",")):
+        kind, sep, value = item.partition("=")
+        try:
+            out[kind.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected KIND=WEIGHT pairs such as relation=2,position=1, got {item!r}")
+    return out
+
+
 # Architecture options: without a value they take the --init model's (from its config.json),
 # else the recipe's defaults.
 ARCHITECTURE = ("image_size", "patch_size", "embed_dim", "depths", "num_heads", "window_size", "decoder_hidden", "pwam_norm")
@@ -65,6 +78,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--lr", type=float, default=d.lr)
     g.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
     g.add_argument("--curriculum", type=float, default=d.curriculum, help="share of the run (steps or minutes) on attribute expressions only")
+    g.add_argument("--kind-weights", type=_kind_weights, default={},
+                   help="sampling weight per expression kind after the curriculum, e.g. relation=2 (others weigh 1; "
+                   "default: every expression of an object equally likely)")
     g.add_argument("--image-size", type=int, default=None, help=f"default: the --init model's, else {d.image_size}")
     g.add_argument("--patch-size", type=int, default=None,
                    help=f"stem stride: the mask comes out at 1/patch resolution (default: the --init model's, else {d.patch_size})")
@@ -106,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     arch.update({k: getattr(args, k) for k in ARCHITECTURE if getattr(args, k) is not None})
     recipe = DemoRecipe(
         **arch, steps=DemoRecipe.steps if steps is None else steps, minutes=minutes, batch_size=args.batch_size, lr=args.lr,
-        warmup_steps=args.warmup_steps, curriculum=args.curriculum, precision=args.precision,
+        warmup_steps=args.warmup_steps, curriculum=args.curriculum, kind_weights=args.kind_weights, precision=args.precision,
         train_images=args.train_images, data_seed=args.data_seed, seed=args.train_seed,
         init=str(args.init) if args.init else None, drop_path_rate=args.drop_path,
     )

@@ -62,6 +62,9 @@ class DemoRecipe:
     weight_decay: float = 0.01
     warmup_steps: int = 100
     curriculum: float = 0.2  # share of the steps that see attribute expressions only
+    # Sampling weight of each expression kind within a ref (absent kinds weigh 1; empty =
+    # uniform over the ref's expressions): late stages spend more steps on the weakest kind
+    kind_weights: dict[str, float] = field(default_factory=dict)
     dice_weight: float = 1.0
     precision: str = "auto"  # auto = bf16 where the CPU has it, else fp32
     train_images: int = 4000
@@ -106,11 +109,43 @@ class DemoRecipe:
             raise LAVTUserError(f"--drop-path must lie in [0, 1), got {self.drop_path_rate}")
         if not 0.0 <= self.curriculum < 1.0:
             raise LAVTUserError(f"--curriculum must lie in [0, 1), got {self.curriculum}")
+        from lavt.data.synth import KINDS
+
+        for kind, w in self.kind_weights.items():
+            if kind not in KINDS:
+                raise LAVTUserError(f"--kind-weights: unknown expression kind {kind!r} (kinds: {', '.join(KINDS)})")
+            if not (w >= 0 and math.isfinite(w)):
+                raise LAVTUserError(f"--kind-weights: the weight of {kind} must be a finite number >= 0, got {w}")
+        if self.kind_weights and not any(self.kind_weights.get(k, 1.0) > 0 for k in KINDS):
+            raise LAVTUserError("--kind-weights: at least one kind needs a positive weight")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise LAVTUserError(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+class ExpressionSampler:
+    """Draws one expression of a ref: uniformly, or in proportion to its kind's weight (a ref
+    whose kinds all weigh 0 falls back to uniform, so every ref stays trainable)."""
+
+    def __init__(self, expressions: list[list[tuple[str, str]]], kind_weights: dict[str, float]) -> None:
+        self.expressions = expressions
+        self.cumulative: list[np.ndarray] | None = None
+        if kind_weights:
+            self.cumulative = []
+            for ex in expressions:
+                w = np.array([kind_weights.get(kind, 1.0) for _, kind in ex], dtype=np.float64)
+                if not w.sum() > 0:
+                    w = np.ones(len(ex))
+                self.cumulative.append(np.cumsum(w))
+
+    def __call__(self, ref: int, rng: np.random.Generator) -> str:
+        ex = self.expressions[ref]
+        if self.cumulative is None:
+            return ex[rng.integers(len(ex))][0]  # the draw of the earlier stages, kept for reruns
+        c = self.cumulative[ref]
+        return ex[min(int(np.searchsorted(c, rng.random() * c[-1], side="right")), len(ex) - 1)][0]
 
 
 def cpu_has_bf16() -> bool:
@@ -325,7 +360,8 @@ def train_demo(
     criterion = SegmentationLoss("ce+dice", dice_weight=recipe.dice_weight)
 
     n_refs = len(train_set.expressions)
-    attribute_only = [[e for e in ex if e[1] == "attribute"] or ex for ex in train_set.expressions]
+    attribute_only = ExpressionSampler([[e for e in ex if e[1] == "attribute"] or ex for ex in train_set.expressions], {})
+    weighted = ExpressionSampler(train_set.expressions, recipe.kind_weights)
     budget = None if recipe.minutes is None else 60.0 * recipe.minutes
     model.train()
     model.text_encoder.eval()
@@ -343,8 +379,8 @@ def train_demo(
         for group, base in zip(opt.param_groups, base_lrs):
             group["lr"] = base * _lr_factor(step, done, recipe)
         refs = rng.integers(0, n_refs, recipe.batch_size)
-        pool = attribute_only if done < recipe.curriculum else train_set.expressions
-        batch_texts = [pool[r][rng.integers(len(pool[r]))][0] for r in refs]
+        draw = attribute_only if done < recipe.curriculum else weighted
+        batch_texts = [draw(r, rng) for r in refs]
         feats, mask = texts(batch_texts)
         ridx = torch.from_numpy(refs)
         image = train_set.images[train_set.image_of_ref[ridx]]
