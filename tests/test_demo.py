@@ -43,6 +43,8 @@ def test_bad_demo_options(tmp_path, capsys):
     assert "unknown expression kind 'relatoin'" in capsys.readouterr().err
     assert main(["demo", "--train", "--quick", "--kind-weights", "relation=-1", "--out", str(tmp_path)]) == 2
     assert "must be a finite number >= 0" in capsys.readouterr().err
+    assert main(["demo", "--train", "--quick", "--kind-weights", "attribute=0,position=0,relation=0", "--out", str(tmp_path)]) == 2
+    assert "at least one kind needs a positive weight" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         main(["demo", "--train", "--quick", "--kind-weights", "relation", "--out", str(tmp_path)])
     assert e.value.code == 2 and "KIND=WEIGHT" in capsys.readouterr().err
@@ -54,7 +56,7 @@ def test_kind_weights_shift_the_expression_draw():
     from lavt.demo.trainer import ExpressionSampler
 
     refs = [[("red star", "attribute"), ("leftmost star", "position"), ("star left of the ring", "relation")],
-            [("blue ring", "attribute")]]
+            [("blue ring", "attribute"), ("big blue ring", "attribute")]]
     rng = np.random.default_rng(0)
     draws = [ExpressionSampler(refs, {"relation": 2.0})(0, rng) for _ in range(8000)]
     share = draws.count("star left of the ring") / len(draws)
@@ -62,7 +64,8 @@ def test_kind_weights_shift_the_expression_draw():
     zero = ExpressionSampler(refs, {"relation": 0.0, "position": 0.0})
     assert {zero(0, rng) for _ in range(200)} == {"red star"}
     # a ref whose only kinds weigh 0 is still drawn from (uniformly), not dropped
-    assert ExpressionSampler(refs, {"attribute": 0.0})(1, rng) == "blue ring"
+    no_attribute = ExpressionSampler(refs, {"attribute": 0.0})
+    assert {no_attribute(1, rng) for _ in range(200)} == {"blue ring", "big blue ring"}
     # without weights: the earlier stages' draw, one integer per expression
     a, b = np.random.default_rng(5), np.random.default_rng(5)
     assert [ExpressionSampler(refs, {})(0, a) for _ in range(20)] == [refs[0][b.integers(3)][0] for _ in range(20)]

@@ -13,15 +13,14 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def _kind_weights(text: str) -> dict[str, float]:
+    """KIND=WEIGHT[,KIND=WEIGHT...]; which kinds exist and which weights are valid the recipe checks."""
     out = {}
     for item in filter(None, text.split(",")):
         kind, sep, value = item.partition("=")
         try:
-            out[kind.strip()] = float(value)
+            out[kind.strip()] = float(value if sep else "missing")
         except ValueError:
-            sep = ""
-        if not sep:
-            raise argparse.ArgumentTypeError(f"expected KIND=WEIGHT pairs such as relation=2,position=1, got {item!r}")
+            raise argparse.ArgumentTypeError(f"expected KIND=WEIGHT pairs such as relation=2,position=1, got {item!r}") from None
     return out
 
 

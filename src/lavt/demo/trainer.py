@@ -145,6 +145,7 @@ class ExpressionSampler:
         if self.cumulative is None:
             return ex[rng.integers(len(ex))][0]  # the draw of the earlier stages, kept for reruns
         c = self.cumulative[ref]
+        # min(): u * c[-1] may round up to c[-1] itself, past the last index
         return ex[min(int(np.searchsorted(c, rng.random() * c[-1], side="right")), len(ex) - 1)][0]
 
 
