@@ -1,4 +1,5 @@
-"""Winograd F(2x2, 3x3) convolution: same values and gradients as F.conv2d, every map shape."""
+"""Winograd F(2x2, 3x3) and F(4x4, 3x3) convolutions: the values and gradients of F.conv2d,
+every map shape."""
 from __future__ import annotations
 
 import pytest
@@ -29,7 +30,8 @@ def _close(a: torch.Tensor, b: torch.Tensor, rel: float = 2e-6) -> None:
     ids=lambda s: "x".join(map(str, s)),
 )
 @pytest.mark.parametrize("band_bytes", [1, 16 << 20], ids=["one-row-bands", "one-band"])
-def test_matches_conv2d_values_and_gradients(shape, band_bytes, monkeypatch):
+@pytest.mark.parametrize("m", [2, 4], ids=["F2", "F4"])
+def test_matches_conv2d_values_and_gradients(shape, band_bytes, m, monkeypatch):
     monkeypatch.setattr(winograd, "_BAND_BYTES", band_bytes)
     b, c, o, h, w = shape
     gen = torch.Generator().manual_seed(sum(shape))
@@ -38,10 +40,10 @@ def test_matches_conv2d_values_and_gradients(shape, band_bytes, monkeypatch):
     g = torch.randn(b, o, h, w, generator=gen)
     ref = _grads(lambda a, k: F.conv2d(a, k, padding=1), x, wt, g)
     for inp, grad in ((x, g), (x.contiguous(memory_format=torch.channels_last), g.contiguous(memory_format=torch.channels_last))):
-        got = _grads(winograd.winograd_conv3x3, inp, wt, grad)
+        got = _grads(lambda a, k: winograd.winograd_conv3x3(a, k, m), inp, wt, grad)
         assert got[0].shape == ref[0].shape
         for a, r in zip(got, ref):
-            _close(a, r)
+            _close(a, r, rel=2e-6 if m == 2 else 2e-5)  # F(4x4)'s transforms scale by up to 8 and 1/6
 
 
 def test_dispatch_rule():
@@ -63,14 +65,44 @@ def test_dispatch_rule():
         assert torch.equal(winograd.conv3x3(x, w), F.conv2d(x, w, padding=1))
 
 
-def test_filter_transform_adjoint_is_its_gradient():
+@pytest.mark.parametrize("m", [2, 4])
+def test_filter_transform_adjoint_is_its_gradient(m):
     w = torch.randn(3, 2, 3, 3, dtype=torch.float64, requires_grad=True)
-    du = torch.randn(16, 2, 3, dtype=torch.float64)
-    (auto,) = torch.autograd.grad(winograd.filter_transform(w), w, du)
-    assert torch.allclose(winograd.filter_transform_adjoint(du.transpose(1, 2)), auto)
+    du = torch.randn((m + 2) ** 2, 2, 3, dtype=torch.float64)
+    (auto,) = torch.autograd.grad(winograd.filter_transform(w, m), w, du)
+    assert torch.allclose(winograd.filter_transform_adjoint(du.transpose(1, 2), m), auto)
 
 
-def test_decoder_training_step_matches_direct_convolutions(monkeypatch):
+def test_float64_agrees_to_float64_rounding():
+    """The transform matrices are right (not merely close): in float64 both tile sizes match
+    F.conv2d to ~1e-13, so the float32 tolerance above is rounding, not a wrong coefficient."""
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(1, 6, 9, 10, generator=gen, dtype=torch.float64)
+    w = torch.randn(5, 6, 3, 3, generator=gen, dtype=torch.float64)
+    g = torch.randn(1, 5, 9, 10, generator=gen, dtype=torch.float64)
+    ref = _grads(lambda a, k: F.conv2d(a, k, padding=1), x, w, g)
+    for m in (2, 4):
+        for a, r in zip(_grads(lambda a, k: winograd.winograd_conv3x3(a, k, m), x, w, g), ref):
+            assert (a - r).abs().max().item() <= 1e-12 * r.abs().max().item()
+
+
+def test_unknown_tile_size_is_refused():
+    with pytest.raises(ValueError, match="tile size"):
+        winograd.winograd_conv3x3(torch.randn(1, 2, 4, 4), torch.randn(2, 2, 3, 3), 3)
+
+
+TILES = pytest.mark.parametrize("f4_min_side", [2, 10**6], ids=["F4", "F2"])
+
+
+def test_tile_size_rule(monkeypatch):
+    """F(4x4) on the paper's 1/4 and 1/8 maps (120, 60 at 480x480), F(2x2) on its 1/16 (30)."""
+    assert [winograd.tile_size(torch.empty(1, 1, s, s)) for s in (120, 60, 30)] == [4, 4, 2]
+    assert winograd.tile_size(torch.empty(1, 1, 120, 40)) == 2  # the shorter side decides
+
+
+@TILES
+def test_decoder_training_step_matches_direct_convolutions(f4_min_side, monkeypatch):
+    monkeypatch.setattr(winograd, "F4_MIN_SIDE", f4_min_side)
     torch.manual_seed(0)
     hidden = winograd.MIN_CHANNELS
     dec = SimpleDecoding((8, 16, 32, 32), hidden=hidden).train()
@@ -78,7 +110,7 @@ def test_decoder_training_step_matches_direct_convolutions(monkeypatch):
     g = torch.randn(2, 2, 8, 8)
     calls = []
     real = winograd.winograd_conv3x3
-    monkeypatch.setattr(winograd, "winograd_conv3x3", lambda x, w: calls.append(w.shape) or real(x, w))
+    monkeypatch.setattr(winograd, "winograd_conv3x3", lambda x, w: calls.append(winograd.tile_size(x)) or real(x, w))
 
     def run():
         dec.zero_grad()
@@ -88,7 +120,8 @@ def test_decoder_training_step_matches_direct_convolutions(monkeypatch):
         return [out.detach()] + [i.grad for i in inputs] + [p.grad.clone() for p in dec.parameters()]
 
     fast = run()
-    assert len(calls) == 5  # all but conv1_4, whose 64 input channels are too few
+    # all but conv1_4, whose 64 input channels are too few, with the tile size the test asks for
+    assert calls == [4 if f4_min_side == 2 else 2] * 5
     monkeypatch.setattr(decoder_module, "conv3x3", lambda x, w: F.conv2d(x, w, padding=1))
     monkeypatch.setattr(decoder_module, "winograd_applies", lambda x, w: False)
     slow = run()
@@ -96,8 +129,10 @@ def test_decoder_training_step_matches_direct_convolutions(monkeypatch):
         _close(a, r, rel=1e-5)
 
 
-def test_decoder_inference_matches_direct_convolutions(monkeypatch):
+@TILES
+def test_decoder_inference_matches_direct_convolutions(f4_min_side, monkeypatch):
     """Eval mode under inference_mode: folded BatchNorm + Winograd = folded BatchNorm + F.conv2d."""
+    monkeypatch.setattr(winograd, "F4_MIN_SIDE", f4_min_side)
     torch.manual_seed(1)
     hidden = winograd.MIN_CHANNELS
     dec = SimpleDecoding((8, 16, 32, 32), hidden=hidden)
@@ -109,10 +144,10 @@ def test_decoder_inference_matches_direct_convolutions(monkeypatch):
     feats = [torch.randn(2, c, s, s) for c, s in ((8, 10), (16, 5), (32, 3), (32, 2))]
     calls = []
     real = winograd.winograd_conv3x3
-    monkeypatch.setattr(decoder_module, "winograd_conv3x3", lambda x, w: calls.append(w.shape) or real(x, w))
+    monkeypatch.setattr(decoder_module, "winograd_conv3x3", lambda x, w: calls.append(winograd.tile_size(x)) or real(x, w))
     with torch.inference_mode():
         fast = dec(feats)
-    assert len(calls) == 5
+    assert calls == [4 if f4_min_side == 2 else 2] * 5
     monkeypatch.setattr(decoder_module, "winograd_applies", lambda x, w: False)
     with torch.inference_mode():
         slow = dec(feats)
