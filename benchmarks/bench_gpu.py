@@ -142,15 +142,7 @@ def train_step(args: argparse.Namespace, device: torch.device, side: str, precis
         model.load_state_dict(sd["model"])
         bert.load_state_dict(sd["bert_model"])
         model, bert = model.to(device).train(), bert.to(device).train()
-        names = ("norm", "absolute_pos_embed", "relative_position_bias_table")
-        bb = list(model.backbone.named_parameters())
-        groups = [
-            {"params": [p for n, p in bb if any(k in n for k in names)], "weight_decay": 0.0},
-            {"params": [p for n, p in bb if not any(k in n for k in names)]},
-            {"params": list(model.classifier.parameters())},
-            {"params": [p for i in range(min(10, len(bert.encoder.layer))) for p in bert.encoder.layer[i].parameters()]},
-        ]
-        opt = torch.optim.AdamW(groups, lr=5e-5, weight_decay=0.01)
+        opt = torch.optim.AdamW(bm.official_param_groups(model, bert), lr=5e-5, weight_decay=0.01)
         forward = lambda: bm.official_forward(model, bert, image, ids, mask)  # noqa: E731
     else:
         if sd is not None:

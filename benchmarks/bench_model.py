@@ -154,6 +154,19 @@ def build_bert(bert_cfg: dict[str, Any]) -> nn.Module:
     return BertModel(BertConfig(**bert_cfg), add_pooling_layer=False)
 
 
+def official_param_groups(model: nn.Module, bert: nn.Module) -> list[dict[str, Any]]:
+    """The official train.py's AdamW groups: backbone no-decay / decay, classifier, BERT encoder
+    layers 0-9."""
+    keys = ("norm", "absolute_pos_embed", "relative_position_bias_table")
+    backbone = list(model.backbone.named_parameters())
+    return [
+        {"params": [p for n, p in backbone if any(k in n for k in keys)], "weight_decay": 0.0},
+        {"params": [p for n, p in backbone if not any(k in n for k in keys)]},
+        {"params": list(model.classifier.parameters())},
+        {"params": [p for i in range(min(10, len(bert.encoder.layer))) for p in bert.encoder.layer[i].parameters()]},
+    ]
+
+
 # ---------------------------------------------------------------------------- shared set-up
 def make_config(args: argparse.Namespace, **overrides: Any) -> Any:
     from lavt.models import BERT_BASE_UNCASED, build_config
@@ -334,16 +347,7 @@ def train_child(args: argparse.Namespace) -> None:
         randomize_(bert, args.seed)
         model.train()
         bert.train()
-        # train.py's groups: backbone no-decay / decay, classifier, BERT encoder layers 0-9.
-        no_decay = [p for n, p in model.backbone.named_parameters() if any(k in n for k in ("norm", "absolute_pos_embed", "relative_position_bias_table"))]
-        decay = [p for n, p in model.backbone.named_parameters() if not any(k in n for k in ("norm", "absolute_pos_embed", "relative_position_bias_table"))]
-        text = [p for i in range(min(10, len(bert.encoder.layer))) for p in bert.encoder.layer[i].parameters()]
-        groups = [
-            {"params": no_decay, "weight_decay": 0.0},
-            {"params": decay},
-            {"params": list(model.classifier.parameters())},
-            {"params": text},
-        ]
+        groups = official_param_groups(model, bert)
 
         def forward() -> torch.Tensor:
             return official_forward(model, bert, image, ids, mask)
