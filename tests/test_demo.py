@@ -80,19 +80,19 @@ def test_shipped_model_reaches_its_goal_on_fresh_scenes(tmp_path):
     results = run_demo(tmp_path / "demo", seed=424242, images=60)
     with_text = results["with_expression"]["metrics"]["oIoU"]
     no_text = results["empty_expression"]["metrics"]["oIoU"]
-    # Measured on this seed (float32): 83.90 oIoU with the expressions, 12.52 without (seed
-    # 20261127, 120 scenes: 84.23 and 14.25). The goal (>= 85) is not reached yet; these
-    # bounds guard what the shipped model does, a few points below the measured (float32 here,
-    # bf16 on CPUs with native bf16: 84.23 / 84.23 on the 120 scenes).
-    assert with_text >= 81.0, results["with_expression"]
-    assert with_text - no_text >= 67.0
+    # Measured on this seed (float32): 84.93 oIoU with the expressions, 11.28 without. The
+    # goal (>= 85) holds on average over fresh scenes (five seeds of 120 scenes: 84.50-87.19,
+    # mean 85.70; the demo's seed 20261127: 85.64 float32, 85.67 bf16), not on every sample of
+    # 60; these bounds guard what the shipped model does, a few points below the measured.
+    assert with_text >= 82.0, results["with_expression"]
+    assert with_text - no_text >= 70.0
     assert (tmp_path / "demo" / "model" / "config.json").is_file()
 
 
 @pytest.mark.skipif(not (SHIPPED_MODEL / "config.json").is_file(), reason="no shipped demo model in this checkout")
 def test_train_continues_from_a_demo_model(tmp_path, capsys):
     # 20 steps from scratch segment nothing useful; 20 steps continuing from the shipped
-    # model keep what it learned (it scores ~81 oIoU on fresh scenes)
+    # model keep what it learned (it scores ~85 oIoU on fresh scenes)
     # (no architecture options: they default to the --init model's own, 1-1-4-1 blocks where
     # the recipe's default is 1-1-2-1)
     out = tmp_path / "ft"
