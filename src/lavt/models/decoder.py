@@ -56,9 +56,9 @@ class SimpleDecoding(nn.Module):
 
         Reduced precision (bf16/fp16, autocast or not) runs channels-last, where oneDNN's
         bf16 convolutions are several times faster. Float32 on the CPU runs the wide 3x3
-        convolutions by Winograd (`winograd.py`: F(4x4, 3x3) on the large maps; the decoder's
-        forward + backward 1.3x faster than with F(2x2) and nearly 2x faster than oneDNN's direct
-        convolutions), whose transforms work on channels-last maps; the rest runs channels-first.
+        convolutions by Winograd (`winograd.py`: F(4x4, 3x3) on the large maps, F(2x2, 3x3) on
+        the small; the decoder's forward + backward 1.27x faster than with F(2x2) everywhere, see
+        BENCHMARKS.md), whose transforms work on channels-last maps; the rest runs channels-first.
         """
         f1, f2, f3, f4 = feats
         cl = low_precision(f1)
