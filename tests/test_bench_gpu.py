@@ -28,10 +28,12 @@ def test_smoke_run_on_cpu_writes_every_measurement(bench, tmp_path):
     res = json.loads(out.read_text())
     inf = res["inference"]
     assert set(inf) == {"ours_fp32", "ours_bf16"}
-    assert inf["ours_fp32"]["max_abs_diff"] == 0.0  # the reference itself
     assert 0 < inf["ours_bf16"]["mean_abs_diff_over_std"] < 0.05  # autocast really ran
     train = res["train"]
     assert set(train) == {"ours_fp32", "ours_bf16"}
+    # both precisions train the same model on the same batch: their first losses agree to bf16
+    first = [train[k]["losses"][0] for k in ("ours_fp32", "ours_bf16")]
+    assert abs(first[0] - first[1]) < 0.02 and first[0] != first[1], first
     for r in train.values():
         assert len(r["steps"]) == 2 and len(r["losses"]) == 2
         assert all(l == l and l > 0 for l in r["losses"])  # finite, positive cross-entropy

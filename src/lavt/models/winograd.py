@@ -199,10 +199,12 @@ def _backward(x: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor, need_dx: 
         for t0 in range(0, th, band):
             nt = min(band, th - t0)
             if even:
-                dyb = dyh[i, m * t0 : m * (t0 + nt)].reshape(nt, m, tw, m, c_out)
+                dyb = dyh[i, m * t0 : m * (t0 + nt)]  # (m*nt, m*tw, C): a view, whatever dy's strides
             else:  # a zero-extended copy of the band
-                dyb = _band(dyh[i], m * t0, m * nt, m * tw + 1)[:, 1:].reshape(nt, m, tw, m, c_out)
-            dyt = dyb.permute(1, 3, 0, 2, 4).reshape(m * m, nt * tw * c_out)
+                dyb = _band(dyh[i], m * t0, m * nt, m * tw + 1)[:, 1:]
+            # split rows and columns into (tile, position) as views: the permuted reshape is then
+            # the band's only copy, for channels-last and channels-first gradients alike
+            dyt = dyb.unflatten(1, (tw, m)).unflatten(0, (nt, m)).permute(1, 3, 0, 2, 4).reshape(m * m, nt * tw * c_out)
             del dyb
             dm = torch.mm(ka.t(), dyt).view(a2, nt * tw, c_out)  # dM = A dY A^T
             del dyt
