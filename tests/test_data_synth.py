@@ -20,7 +20,7 @@ import data_fixture
 from lavt.data import ExpressionTokenizer, ReferDataset, ReferImageGroups, default_text_encoder_dir
 from lavt.data.info import dataset_info
 from lavt.data.refer import Refer, decode_segmentation
-from lavt.data.synth import COLOURS, GROUP_A, GROUP_B, generate
+from lavt.data.synthref import COLOURS, GROUP_A, GROUP_B, generate, sample_scene
 from lavt.errors import LAVTUserError
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -340,12 +340,10 @@ def test_info_on_synthref(synth_root, capsys):
 
 def test_occluded_objects_are_covered_by_another_colour():
     """A same-coloured occluder would merge with what it covers into one blob."""
-    from lavt.data.synth import _sample_scene
-
     rng = np.random.default_rng(0)
     covered_pairs = 0
     for _ in range(60):
-        scene = _sample_scene(rng, 160, 160, 4, None, occlusion=1.0)
+        scene = sample_scene(rng, 160, 160, 4, None, occlusion=1.0)
         for i, low in enumerate(scene):
             for high in scene[i + 1:]:
                 if (low.full & high.full).any():

@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         for message in info.warnings:
             warnings.warn(message, stacklevel=1)
         return 0 if info.ok else 1
-    from lavt.data.synth import generate
+    from lavt.data.synthref import generate
 
     summary = generate(
         args.out, seed=args.seed, num_images=args.images, image_size=args.image_size, objects=args.objects,

@@ -1,6 +1,6 @@
 """Referring datasets: the refer-format reader, torch datasets, tokenisation, synthref generator.
 
-Names are imported on first use, so `lavt.data.synth` and `lavt.data.info` work without
+Names are imported on first use, so `lavt.data.synthref` and `lavt.data.info` work without
 loading torch or transformers.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ _EXPORTS = {
     "ExpressionTokenizer": "lavt.data.tokenization",
     "default_text_encoder_dir": "lavt.data.tokenization",
     "dataset_info": "lavt.data.info",
-    "generate_synthref": "lavt.data.synth",
+    "generate_synthref": "lavt.data.synthref",
 }
 
 __all__ = sorted(_EXPORTS)

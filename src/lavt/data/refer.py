@@ -5,7 +5,7 @@ Layout (the one every RIS code base uses)::
     <root>/<dataset>/refs(<split_by>).p   pickled list of refs
     <root>/<dataset>/instances.json       COCO-style images, annotations, categories
     <root>/images/mscoco/images/train2014/ the COCO images (RefCOCO family)
-    <root>/images/synthref/                the generated images (lavt.data.synth)
+    <root>/images/synthref/                the generated images (lavt.data.synthref)
 
 A ref is a dict with ref_id, ann_id, image_id, category_id, split, sent_ids and
 sentences = [{raw, sent, tokens, sent_id}, ...]. This module is our own reader: it
