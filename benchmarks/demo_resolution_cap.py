@@ -14,7 +14,7 @@ import tempfile
 import torch
 import torch.nn.functional as F
 
-from lavt.data.synth import generate
+from lavt.data.synthref import generate
 from lavt.demo.trainer import load_scenes
 from lavt.metrics import ReferringMetrics
 

@@ -22,7 +22,7 @@ TINY_MODEL = dict(embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], wind
 
 def make_synth(root: Path, num_images: int = 24) -> Path:
     """The generated referring dataset (`synthref`, split_by unc) with small images."""
-    from lavt.data.synth import generate
+    from lavt.data.synthref import generate
 
     if not (root / "synthref").is_dir():
         generate(root, seed=0, num_images=num_images, image_size=(40, 56), overwrite=True)

@@ -159,7 +159,7 @@ def test_init_with_another_patch_size_resamples_the_stem_and_positions():
 
 
 def test_training_for_a_time_budget(tmp_path):
-    from lavt.data.synth import generate
+    from lavt.data.synthref import generate
     from lavt.demo.trainer import DemoRecipe, load_scenes, train_demo
 
     generate(tmp_path, seed=3, num_images=8, image_size=(64, 96), split_fractions=(1.0, 0.0, 0.0, 0.0), overwrite=True)

@@ -33,7 +33,7 @@ def shipped_model_dir() -> Path:
 
 
 def generate_scenes(folder: Path, seed: int, images: int, image_size: tuple[int, int]) -> Path:
-    from lavt.data.synth import generate
+    from lavt.data.synthref import generate
 
     generate(folder, seed=seed, num_images=images, image_size=image_size, overwrite=True)
     return folder
@@ -142,7 +142,7 @@ def run_train(out: Path, recipe: Any, seed: int = EVAL_SEED, images: int = 120) 
     t0 = time.perf_counter()
     data = out / "train_data"
     print(f"generating {recipe.train_images} training scenes (seed {recipe.data_seed}) ...", flush=True)
-    from lavt.data.synth import generate
+    from lavt.data.synthref import generate
 
     generate(data, seed=recipe.data_seed, num_images=recipe.train_images, image_size=(128, 192),
              split_fractions=(1.0, 0.0, 0.0, 0.0), overwrite=True)

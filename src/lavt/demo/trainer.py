@@ -109,7 +109,7 @@ class DemoRecipe:
             raise LAVTUserError(f"--drop-path must lie in [0, 1), got {self.drop_path_rate}")
         if not 0.0 <= self.curriculum < 1.0:
             raise LAVTUserError(f"--curriculum must lie in [0, 1), got {self.curriculum}")
-        from lavt.data.synth import KINDS
+        from lavt.data.synthref import KINDS
 
         for kind, w in self.kind_weights.items():
             if kind not in KINDS:
