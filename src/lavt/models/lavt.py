@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lavt.errors import LAVTUserError
@@ -19,7 +20,8 @@ from lavt.models.backbone import MultiModalSwin
 from lavt.models.config import LAVTConfig
 from lavt.models.decoder import SimpleDecoding
 from lavt.models.fast import clear_caches
-from lavt.models.text_encoder import build_text_encoder
+from lavt.models.state import load_state_strict
+from lavt.models.text_encoder import build_text_encoder, load_text_encoder, resolve_text_encoder_weights
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -183,8 +185,6 @@ class LAVT(nn.Module):
         `dtype` (e.g. torch.float16) stores floating-point weights at that precision to halve
         the file; `from_pretrained` loads them back into the model's float32 parameters.
         """
-        from safetensors.torch import save_file
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         cfg = {"model_type": "lavt", **self.config.to_dict()}
@@ -202,8 +202,6 @@ class LAVT(nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> "LAVT":
         """Rebuild a model written by `save_pretrained` (strict load)."""
-        from safetensors.torch import load_file
-
         folder = Path(folder)
         cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
         if not folder.is_dir():
@@ -224,8 +222,6 @@ class LAVT(nn.Module):
             state = load_file(str(w_path), device=str(map_location))
         except Exception as exc:  # safetensors raises its own error types for corrupt files
             raise LAVTUserError(f"{w_path} could not be read as safetensors: {exc}") from exc
-        from lavt.models.official import load_state_strict
-
         if model.config.text_encoder_weights and not any(k.startswith("text_encoder.") for k in state):
             model.load_text_encoder_weights()
             state.update({f"text_encoder.{k}": v for k, v in model.text_encoder.state_dict().items()})
@@ -234,9 +230,6 @@ class LAVT(nn.Module):
 
     def load_text_encoder_weights(self) -> None:
         """Fill the text encoder from `config.text_encoder_weights` and freeze it."""
-        from lavt.models.official import load_state_strict
-        from lavt.models.text_encoder import load_text_encoder, resolve_text_encoder_weights
-
         if self.text_encoder is None or not self.config.text_encoder_weights:
             raise ValueError("this model has no externally stored text encoder")
         folder = resolve_text_encoder_weights(self.config.text_encoder_weights)

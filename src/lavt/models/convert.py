@@ -1,4 +1,4 @@
-"""Loading the official checkpoints: released LAVT weights and the Microsoft Swin initialisation.
+"""Converting official weights onto this model: released LAVT checkpoints and Microsoft Swin.
 
 The architecture is read off the tensor shapes (embed_dim, depths, heads, window, text width,
 BERT size), so nobody passes `--swin_type`/`--window12` again. Loading never runs pickled code:
@@ -19,6 +19,8 @@ from torch import nn
 
 from lavt.errors import LAVTUserError
 from lavt.models.config import LAVTConfig
+from lavt.models.lavt import LAVT
+from lavt.models.state import load_state_strict
 
 _BLOCK = re.compile(r"^backbone\.layers\.(\d+)\.blocks\.(\d+)\.")
 _BERT_LAYER = re.compile(r"^encoder\.layer\.(\d+)\.")
@@ -157,60 +159,14 @@ def infer_config(
     )
 
 
-def _likely_causes(model: nn.Module, missing: list[str], unexpected: list[str], misshaped: list[str]) -> list[str]:
-    causes = []
-    cfg = getattr(model, "config", None)
-    if any("relative_position" in k for k in misshaped) and cfg is not None:
-        causes.append(
-            f"the relative position tables differ in size: the weights were trained with another window "
-            f"size than this model's {cfg.window_size} (LAVT's released weights use window 12, Swin's "
-            "default is 7); use lavt.load_official, which reads the window from the weights"
-        )
-    if any(k.startswith("text_encoder.") for k in missing) and not any(k.startswith("text_encoder.") for k in unexpected):
-        causes.append("the weights hold no text encoder (an official `lavt` model without its 'bert_model')")
-    if any(k.endswith("position_ids") for k in unexpected):
-        causes.append("'position_ids' comes from another transformers version; it is a constant and can be dropped")
-    if any(".blocks." in k for k in missing + unexpected) and not misshaped:
-        causes.append("the stage depths differ (e.g. Swin tiny [2,2,6,2] vs base [2,2,18,2])")
-    return causes
-
-
-def load_state_strict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Strict load that explains every mismatch (missing, unexpected, misshaped keys, likely cause)."""
-    own = model.state_dict()
-    state = {k: v for k, v in state.items() if not k.endswith("embeddings.position_ids")}
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    misshaped = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
-    ]
-    if missing or unexpected or misshaped:
-
-        def show(name: str, items: list[str]) -> str:
-            head = "; ".join(items[:6]) + (f"; ... ({len(items)} in all)" if len(items) > 6 else "")
-            return f"{name} ({len(items)}): {head}" if items else ""
-
-        parts = [show("missing", missing), show("unexpected", unexpected), show("misshaped", misshaped)]
-        causes = _likely_causes(model, missing, unexpected, [m.split(":")[0] for m in misshaped])
-        msg = f"{source} does not fit the model: " + " | ".join(p for p in parts if p)
-        if causes:
-            msg += ". Likely cause: " + "; ".join(causes)
-        raise LAVTUserError(msg)
-    model.load_state_dict(state, strict=True)
-
-
 def load_official(
     source: str | Path | Mapping[str, Any], pwam_heads: tuple[int, ...] | list[int] | None = None
-):
+) -> LAVT:
     """Build a LAVT model from an official checkpoint (path or loaded dict) and load it strictly.
 
     `pwam_heads` (PWAM heads per stage, the official `--mha`) cannot be read from shapes; it is
     taken from the checkpoint's saved `args.mha` when present, else 1 per stage.
     """
-    from lavt.models.lavt import LAVT
-
     ckpt = read_checkpoint(source) if isinstance(source, (str, Path)) else source
     model_sd, bert_sd, args = split_official(ckpt)
     heads = tuple(pwam_heads) if pwam_heads else _mha_from_args(args)
