@@ -142,7 +142,7 @@ def test_resampled_stem_sees_the_rescaled_image():
 @pytest.mark.skipif(not (SHIPPED_MODEL / "config.json").is_file(), reason="no shipped demo model in this checkout")
 def test_init_with_another_patch_size_resamples_the_stem_and_positions():
     from lavt.demo.trainer import DemoRecipe, _warm_start, resample_patch_embed
-    from lavt.engine.loading import load_model
+    from lavt.loading import load_model
     from lavt.models import LAVT
 
     shipped = load_model(SHIPPED_MODEL).model
@@ -213,7 +213,7 @@ def test_text_cache_encodes_only_the_words():
 @pytest.mark.skipif(not (SHIPPED_MODEL / "config.json").is_file(), reason="no shipped demo model in this checkout")
 def test_init_with_added_blocks_computes_what_the_source_did():
     from lavt.demo.trainer import DemoRecipe, _warm_start
-    from lavt.engine.loading import load_model
+    from lavt.loading import load_model
     from lavt.models import LAVT
 
     source = load_model(SHIPPED_MODEL).model.float().eval()

@@ -13,7 +13,7 @@ from engine_helpers import TINY_MODEL, TINY_TEXT, make_synth
 
 from lavt.cli import main
 from lavt.engine.evaluate import score_image_group
-from lavt.engine.loading import load_model
+from lavt.loading import load_model
 from lavt.errors import LAVTUserError
 from lavt.metrics import ReferringMetrics
 

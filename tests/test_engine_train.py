@@ -59,7 +59,7 @@ def test_loss_falls_and_outputs_are_written(env: dict[str, Path]) -> None:
     ckpt = ckpt_io.load_checkpoint(out / "checkpoint.pt")
     assert ckpt["epoch"] == 1 and ckpt["config"]["lr"] == 2e-3 and ckpt["lr_scheduler"]["last_epoch"] == 12
 
-    from lavt.engine.loading import load_model
+    from lavt.loading import load_model
 
     loaded = load_model(out)  # the run folder -> model_best/
     assert loaded.kind == "folder" and loaded.tokenizer is not None

@@ -2,11 +2,15 @@
 
 - a model folder written by `save_pretrained` (config.json + model.safetensors);
 - a training run folder (uses `model_best/`, else `model_last/`, else `checkpoint.pt`);
-- a training checkpoint file written by this engine (`checkpoint.pt`);
+- a training checkpoint file written by `lavt train` (`checkpoint.pt`);
 - an official LAVT checkpoint (`lavt` or `lavt_one`, read with `lavt.load_official`).
 
 The tokenizer saved with the model comes back too when there is one; evaluation and
 prediction fall back to the packaged uncased BERT vocabulary (the official one) otherwise.
+
+This module sits below the engine: training, evaluation, inference and the demo all load
+through it, and it reads training checkpoints through `lavt.checkpoint_format`, never
+through the training engine.
 """
 from __future__ import annotations
 
@@ -16,18 +20,22 @@ from typing import Any
 
 import torch
 
+from lavt.checkpoint_format import BEST_DIR, CHECKPOINT_NAME, LAST_DIR, is_training_checkpoint
+from lavt.data.tokenization import ExpressionTokenizer
 from lavt.errors import LAVTUserError
-
-KINDS = ("folder", "training", "official")
+from lavt.models import LAVT, LAVTConfig, load_official, load_state_strict
+from lavt.models.convert import read_checkpoint
+from lavt.models.lavt import CONFIG_NAME
+from lavt.models.text_encoder import default_text_encoder_dir
 
 
 @dataclass
 class LoadedModel:
-    """A model in eval mode, its tokenizer (or None), what kind of file it came from and
-    what else is known about it (epoch, best score...)."""
+    """A model in eval mode, its tokenizer (or None), what kind of file it came from
+    ('folder', 'training' or 'official') and what else is known about it (epoch, best score...)."""
 
-    model: Any
-    tokenizer: Any
+    model: LAVT
+    tokenizer: ExpressionTokenizer | None
     kind: str
     source: Path
     info: dict[str, Any] = field(default_factory=dict)
@@ -44,10 +52,6 @@ def load_model(
 
     `pwam_heads` only matters for official checkpoints whose saved args lack `--mha`.
     """
-    from lavt.engine.checkpoint import BEST_DIR, CHECKPOINT_NAME, LAST_DIR, is_training_checkpoint
-    from lavt.models import LAVT
-    from lavt.models.lavt import CONFIG_NAME
-
     p = Path(path)
     if not p.exists():
         raise LAVTUserError(f"checkpoint {p} does not exist")
@@ -56,8 +60,7 @@ def load_model(
     if p.is_dir():
         if (p / CONFIG_NAME).is_file():
             model = LAVT.from_pretrained(p)
-            info = {}
-            return LoadedModel(model.to(device).eval(), _tokenizer_from(p, max_tokens, model), "folder", p, info)
+            return LoadedModel(model.to(device).eval(), _tokenizer_from(p, max_tokens, model), "folder", p)
         for sub in (BEST_DIR, LAST_DIR):
             if (p / sub / CONFIG_NAME).is_file():
                 return load_model(p / sub, device, pwam_heads=pwam_heads, max_tokens=max_tokens)
@@ -67,8 +70,6 @@ def load_model(
             f"{p} holds no model: expected config.json + model.safetensors, a training run folder "
             f"({BEST_DIR}/, {LAST_DIR}/ or {CHECKPOINT_NAME}) or give a checkpoint file"
         )
-
-    from lavt.models.official import read_checkpoint
 
     ckpt = read_checkpoint(p)
     if is_training_checkpoint(ckpt):
@@ -87,17 +88,13 @@ def load_model(
         info = {"epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step"), "best": ckpt.get("best")}
         return LoadedModel(model.to(device).eval(), tok, "training", p, info)
 
-    from lavt.models import load_official
-
     model = load_official(ckpt, pwam_heads=pwam_heads)
     info = {"epoch": ckpt.get("epoch") if isinstance(ckpt, dict) else None}
     return LoadedModel(model.to(device).eval(), None, "official", p, info)
 
 
-def model_from_training_checkpoint(ckpt: dict[str, Any], source: str = "checkpoint") -> Any:
+def model_from_training_checkpoint(ckpt: dict[str, Any], source: str = "checkpoint") -> LAVT:
     """Rebuild the LAVT stored in a training checkpoint dict (strict load)."""
-    from lavt.models import LAVT, LAVTConfig, load_state_strict
-
     cfg = dict(ckpt["model_config"])
     cfg["use_checkpoint"] = False  # activation checkpointing is a training-time setting
     model = LAVT(LAVTConfig.from_dict(cfg))
@@ -105,17 +102,15 @@ def model_from_training_checkpoint(ckpt: dict[str, Any], source: str = "checkpoi
     return model
 
 
-def default_tokenizer(model: Any = None, max_tokens: int | None = None) -> Any:
+def default_tokenizer(model: LAVT | None = None, max_tokens: int | None = None) -> ExpressionTokenizer:
     """The packaged uncased BERT WordPiece vocabulary (identical to bert-base-uncased)."""
-    from lavt.data.tokenization import ExpressionTokenizer, default_text_encoder_dir
-
     tokens = max_tokens or (model.config.max_tokens if model is not None else None)
     tok = ExpressionTokenizer.from_pretrained(default_text_encoder_dir(), max_tokens=tokens)
     check_vocabulary(model, tok)
     return tok
 
 
-def check_vocabulary(model: Any, tokenizer: Any) -> None:
+def check_vocabulary(model: LAVT | None, tokenizer: Any) -> None:
     """A tokenizer whose ids do not fit the text encoder would silently give garbage."""
     if model is None or getattr(model, "text_encoder", None) is None:
         return
@@ -128,9 +123,7 @@ def check_vocabulary(model: Any, tokenizer: Any) -> None:
         )
 
 
-def _tokenizer_from(folder: Path, max_tokens: int | None, model: Any) -> Any:
-    from lavt.data.tokenization import ExpressionTokenizer
-
+def _tokenizer_from(folder: Path, max_tokens: int | None, model: LAVT) -> ExpressionTokenizer | None:
     if not (folder / "vocab.txt").is_file():
         return None
     tokens = max_tokens or model.config.max_tokens

@@ -84,7 +84,7 @@ def _draw_overlays(scenes: Any, predictions: list[dict[str, Any]], folder: Path,
 def evaluate_demo(model_dir: Path, out: Path, seed: int, images: int, precision: str = "auto") -> dict[str, Any]:
     """Score a demo model on fresh scenes, with and without the expressions."""
     from lavt.demo.trainer import TextCache, evaluate_scenes, load_scenes
-    from lavt.engine.loading import default_tokenizer, load_model
+    from lavt.loading import default_tokenizer, load_model
 
     loaded = load_model(model_dir)
     model, tokenizer = loaded.model, loaded.tokenizer or default_tokenizer(loaded.model)

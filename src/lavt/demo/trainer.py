@@ -280,7 +280,7 @@ def _warm_start(model: Any, folder: Path) -> None:
     except for the patch size and the absolute position grid, which are resampled (the stem
     as in `resample_patch_embed`, the position table bicubically, as the forward resizes it),
     and for blocks added at the end of a stage, which start as identities."""
-    from lavt.engine.loading import load_model
+    from lavt.loading import load_model
 
     loaded = load_model(folder).model
     source, target = loaded.state_dict(), model.state_dict()

@@ -7,7 +7,7 @@
 """
 from lavt.engine.config import EvalConfig, TrainConfig, load_eval_config, load_train_config
 from lavt.engine.evaluate import EvalResult, evaluate
-from lavt.engine.loading import LoadedModel, load_model
+from lavt.loading import LoadedModel, load_model
 from lavt.engine.train import TrainEvent, TrainingDiverged, TrainResult, train
 
 __all__ = [

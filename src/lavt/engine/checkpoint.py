@@ -24,13 +24,17 @@ from typing import Any
 import numpy as np
 import torch
 
+# The format (names, marker, reading) is shared with lavt.loading, which must not import the engine.
+from lavt.checkpoint_format import (  # noqa: F401 - re-exported for the engine's users
+    BEST_DIR,
+    CHECKPOINT_NAME,
+    FORMAT,
+    LAST_DIR,
+    VERSION,
+    is_training_checkpoint,
+    load_checkpoint,
+)
 from lavt.errors import LAVTUserError
-
-FORMAT = "lavt.train_checkpoint"
-VERSION = 1
-CHECKPOINT_NAME = "checkpoint.pt"
-BEST_DIR = "model_best"
-LAST_DIR = "model_last"
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
@@ -152,26 +156,6 @@ def training_state(
         "rng": rng,
         "world_size": len(rng),
     }
-
-
-def is_training_checkpoint(obj: Any) -> bool:
-    return isinstance(obj, dict) and obj.get("format") == FORMAT
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by `training_state` (weights_only, clear errors)."""
-    path = Path(path)
-    if not path.is_file():
-        raise LAVTUserError(f"checkpoint {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise LAVTUserError(f"{path} could not be read as a training checkpoint: {str(exc).splitlines()[0]}") from exc
-    if not is_training_checkpoint(obj):
-        raise LAVTUserError(f"{path} is not a lavt training checkpoint (no format {FORMAT!r}); to start from its weights use init_from")
-    if obj.get("version", 0) > VERSION:
-        raise LAVTUserError(f"{path} was written by a newer lavt (checkpoint version {obj['version']}); upgrade lavt")
-    return obj
 
 
 def find_resume(resume: str | None, output_dir: str | Path) -> Path | None:

@@ -99,7 +99,7 @@ def evaluate(config: EvalConfig, loaded: Any = None) -> EvalResult:
 
 def _run(config: EvalConfig, env: DistEnv, loaded: Any) -> EvalResult:
     from lavt.data import ReferImageGroups
-    from lavt.engine.loading import check_vocabulary, default_tokenizer, load_model
+    from lavt.loading import check_vocabulary, default_tokenizer, load_model
 
     t0 = time.time()
     if config.precision == "fp16" and env.device.type != "cuda":

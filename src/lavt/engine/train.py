@@ -375,7 +375,7 @@ def build_model(config: TrainConfig) -> tuple[nn.Module, Any, dict[str, Any]]:
         overrides["use_checkpoint"] = True
     notes: dict[str, Any] = {}
     if config.init_from:
-        from lavt.engine.loading import load_model
+        from lavt.loading import load_model
 
         loaded = load_model(config.init_from)
         cfg_dict = loaded.model.config.to_dict()
@@ -385,7 +385,7 @@ def build_model(config: TrainConfig) -> tuple[nn.Module, Any, dict[str, Any]]:
         tok_dir = config.tokenizer
         tokenizer = ExpressionTokenizer.from_pretrained(tok_dir, max_tokens=model.config.max_tokens) if tok_dir else loaded.tokenizer
         if tokenizer is None:
-            from lavt.engine.loading import default_tokenizer
+            from lavt.loading import default_tokenizer
 
             tokenizer = default_tokenizer(model)
         notes["init_from"] = str(config.init_from)

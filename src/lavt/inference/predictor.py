@@ -130,7 +130,7 @@ class Predictor:
     ) -> "Predictor":
         """A model folder (save_pretrained, `lavt convert`, `lavt demo`), a training checkpoint,
         or an official LAVT checkpoint file."""
-        from lavt.engine.loading import default_tokenizer, load_model
+        from lavt.loading import default_tokenizer, load_model
 
         loaded = load_model(source, device=device)
         tokenizer = loaded.tokenizer or default_tokenizer(loaded.model)
