@@ -1,22 +1,31 @@
 """Typed training and evaluation configurations, read from YAML/JSON and the command line.
 
-A run is described by one `TrainConfig` (or `EvalConfig`). Values come, in increasing
-priority, from a named preset (`paper` = the official recipe, MISSION.md section 2), a
-YAML/JSON file, and `key=value` overrides. Every value is checked before any work starts:
-an unknown key or an impossible value stops with one `LAVTUserError` line that names the
-key, the source and what to do. The resolved configuration is saved with every checkpoint.
+A run is described by one `TrainConfig` (or `EvalConfig`), both built on `RunConfig` (the
+data, split and hardware fields and checks they share). Values come, in increasing
+priority, from a named preset (`paper` = the official recipe: AdamW, lr 5e-5, weight decay
+0.01, poly decay 0.9, 40 epochs, total batch 32, 480 px, cross-entropy weighted 0.9/1.1), a
+YAML/JSON file, and `key=value` overrides (the generic handling is `config_values`). Every
+value is checked before any work starts: an unknown key or an impossible value stops with
+one `LAVTUserError` line that names the key, the source and what to do. The resolved
+configuration is saved with every checkpoint.
 """
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import json
-import types
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal, Self
 
+from lavt.engine.config_values import (  # noqa: F401 - parse_overrides and read_config_file are public here
+    dataclass_from_dict,
+    dump_yaml,
+    layered,
+    parse_overrides,
+    read_config_file,
+    to_plain,
+)
 from lavt.errors import LAVTUserError
 
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -29,7 +38,50 @@ def default_split_by(dataset: str) -> str:
 
 
 @dataclass
-class TrainConfig:
+class RunConfig:
+    """What every run shares: the dataset and its partition, the hardware, the checks.
+
+    `validate` checks the values (`_check_values`), the device and precision, then the
+    paths (`_check_paths`); subclasses extend the two hooks.
+    """
+
+    data_root: str | None = None
+    dataset: str = "refcoco"
+    split_by: str | None = None  # None: unc, or umd for refcocog
+    mask_mode: Literal["any", "official"] = "any"
+    max_images: int | None = None  # cap on images read (quick runs)
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    precision: Precision = "fp32"
+    progress: bool = True
+
+    @property
+    def resolved_split_by(self) -> str:
+        return self.split_by or default_split_by(self.dataset)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> Self:
+        return dataclass_from_dict(cls, data, source)
+
+    def validate(self, check_paths: bool = True) -> Self:
+        """Raise `LAVTUserError` on the first impossible value; returns self."""
+        self._check_values()
+        _check_device(self.device, self.precision)
+        if check_paths:
+            self._check_paths()
+        return self
+
+    def _check_values(self) -> None:
+        _positive(self, "max_images", optional=True)
+
+    def _check_paths(self) -> None:
+        check_data_root(self.data_root, self.dataset)
+
+
+@dataclass
+class TrainConfig(RunConfig):
     """Everything a training run needs. Defaults are the official LAVT recipe.
 
     Batch semantics: `batch_size` is the *total* batch of one optimiser step over all
@@ -39,15 +91,10 @@ class TrainConfig:
     """
 
     # --- data ---
-    data_root: str | None = None
-    dataset: str = "refcoco"
-    split_by: str | None = None  # None: unc, or umd for refcocog
     train_split: str = "train"
     val_split: str | None = "val"  # None: no validation (best = last)
     val_expressions: Literal["one", "all"] = "one"  # official: one expression per object
     image_size: int = 480
-    mask_mode: Literal["any", "official"] = "any"
-    max_images: int | None = None  # cap on training images (quick runs)
     val_max_images: int | None = None
     num_workers: int = 4
     # --- model ---
@@ -78,8 +125,6 @@ class TrainConfig:
     loss_normalization: Literal["global", "local"] = "global"
     clip_grad_norm: float | None = None
     # --- hardware ---
-    device: str = "auto"  # auto, cpu, cuda, cuda:N
-    precision: Precision = "fp32"
     activation_checkpointing: bool = False
     sync_batchnorm: bool = True
     find_unused_parameters: bool = True
@@ -88,25 +133,14 @@ class TrainConfig:
     resume: str | None = None  # checkpoint file, run folder, or "auto"
     seed: int = 0
     log_every: int = 10
-    progress: bool = True
     tensorboard: bool = False
     plot: bool = True
 
-    @property
-    def resolved_split_by(self) -> str:
-        return self.split_by or default_split_by(self.dataset)
 
-    def to_dict(self) -> dict[str, Any]:
-        return _to_plain(dataclasses.asdict(self))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "TrainConfig":
-        return _from_dict(cls, data, source)
-
-    def validate(self, check_paths: bool = True) -> "TrainConfig":
-        """Raise `LAVTUserError` on the first impossible value; returns self."""
+    def _check_values(self) -> None:
+        super()._check_values()
         _positive(self, "epochs", "batch_size", "image_size", "log_every")
-        _positive(self, "micro_batch_size", "max_images", "val_max_images", "steps_per_epoch", optional=True)
+        _positive(self, "micro_batch_size", "val_max_images", "steps_per_epoch", optional=True)
         _non_negative(self, "lr", "weight_decay", "warmup_steps", "num_workers", "dice_weight", "seed")
         _non_negative(self, "lr_backbone", "lr_decoder", "lr_text", "text_layers_trained", optional=True)
         if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
@@ -123,61 +157,41 @@ class TrainConfig:
                 self.micro_batch_size,
                 f"must divide batch_size {self.batch_size} (batch_size is the total per optimiser step)",
             )
-        _check_device(self.device, self.precision)
-        if check_paths:
-            check_data_root(self.data_root, self.dataset)
-            for key in ("text_encoder", "tokenizer", "pretrained_backbone", "init_from"):
-                _check_exists(key, getattr(self, key))
-        return self
+
+    def _check_paths(self) -> None:
+        super()._check_paths()
+        for key in ("text_encoder", "tokenizer", "pretrained_backbone", "init_from"):
+            _check_exists(key, getattr(self, key))
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(RunConfig):
     """One evaluation: a model, a split, and where the results go."""
 
     checkpoint: str | None = None
-    data_root: str | None = None
-    dataset: str = "refcoco"
-    split_by: str | None = None
     split: str = "val"
     image_size: int | None = None  # None: the model's training size
-    mask_mode: Literal["any", "official"] = "any"
-    max_images: int | None = None
     max_batch: int = 64  # expressions per forward (one image's expressions share a batch)
     num_workers: int = 2
-    device: str = "auto"
-    precision: Precision = "fp32"
     tokenizer: str | None = None  # None: the one saved with the model, else the packaged vocab
     json: str | None = None
     per_expression: str | None = None  # JSON-lines file, one line per expression
     overlays: str | None = None  # folder for overlay images of the worst cases
     num_worst: int = 20
-    progress: bool = True
 
-    @property
-    def resolved_split_by(self) -> str:
-        return self.split_by or default_split_by(self.dataset)
-
-    def to_dict(self) -> dict[str, Any]:
-        return _to_plain(dataclasses.asdict(self))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "EvalConfig":
-        return _from_dict(cls, data, source)
-
-    def validate(self, check_paths: bool = True) -> "EvalConfig":
+    def _check_values(self) -> None:
+        super()._check_values()
         _positive(self, "max_batch", "num_worst")
-        _positive(self, "image_size", "max_images", optional=True)
+        _positive(self, "image_size", optional=True)
         _non_negative(self, "num_workers")
-        _check_device(self.device, self.precision)
         if self.checkpoint is None:
             raise LAVTUserError("no checkpoint given: pass --checkpoint (a model folder, a training checkpoint or an official .pth)")
-        if check_paths:
-            if not Path(self.checkpoint).exists():
-                raise LAVTUserError(f"checkpoint {self.checkpoint} does not exist")
-            check_data_root(self.data_root, self.dataset)
-            _check_exists("tokenizer", self.tokenizer)
-        return self
+
+    def _check_paths(self) -> None:
+        if not Path(self.checkpoint).exists():
+            raise LAVTUserError(f"checkpoint {self.checkpoint} does not exist")
+        super()._check_paths()
+        _check_exists("tokenizer", self.tokenizer)
 
 
 # ---------------------------------------------------------------------------------------
@@ -209,59 +223,21 @@ def load_train_config(
     check_paths: bool = True,
 ) -> TrainConfig:
     """Preset, then file, then overrides (`{"lr": 1e-4}` or `["lr=1e-4", "model_overrides.window_size=12"]`)."""
-    data = _layered(path, overrides, preset, PRESETS)
+    data = layered(path, overrides, preset, PRESETS)
     return TrainConfig.from_dict(data, source=str(path) if path else "options").validate(check_paths)
 
 
 def load_eval_config(
     path: str | Path | None = None, overrides: dict[str, Any] | list[str] | None = None, check_paths: bool = True
 ) -> EvalConfig:
-    data = _layered(path, overrides, None, {})
+    """File, then overrides; evaluation has no presets."""
+    data = layered(path, overrides, None, {})
     return EvalConfig.from_dict(data, source=str(path) if path else "options").validate(check_paths)
-
-
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """A YAML or JSON mapping from `path`, or a clear error."""
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise LAVTUserError(f"config file {p} does not exist")
-    try:
-        text = p.read_text(encoding="utf-8")
-        data = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise LAVTUserError(f"config file {p} is not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {exc}".replace("\n", " ")) from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise LAVTUserError(f"config file {p} must hold a mapping of keys to values, not {type(data).__name__}")
-    return data
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """`["a=1", "b.c=[1,2]"]` -> `{"a": 1, "b": {"c": [1, 2]}}`; values are parsed as YAML."""
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        key = key.strip().lstrip("-").replace("-", "_")
-        if not sep or not key:
-            raise LAVTUserError(f"override {item!r} is not of the form key=value")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            value = raw
-        _set_dotted(out, key, value)
-    return out
 
 
 def save_config(config: TrainConfig | EvalConfig, path: str | Path) -> None:
     """Write the resolved configuration as YAML (readable back with `--config`)."""
-    import yaml
-
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+    dump_yaml(config.to_dict(), path)
 
 
 def check_data_root(data_root: str | None, dataset: str) -> None:
@@ -277,127 +253,7 @@ def check_data_root(data_root: str | None, dataset: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# helpers
-
-
-def _layered(
-    path: str | Path | None, overrides: dict[str, Any] | list[str] | None, preset: str | None, presets: dict
-) -> dict[str, Any]:
-    file_data = read_config_file(path) if path else {}
-    over = parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides or {})
-    name = over.pop("preset", None) or preset or file_data.pop("preset", None)
-    file_data.pop("preset", None)
-    data: dict[str, Any] = {}
-    if presets:
-        name = name or "paper"
-        if name not in presets:
-            raise LAVTUserError(f"unknown preset {name!r}; choose one of {sorted(presets)}")
-        data = _deep_merge(data, presets[name])
-    elif name:
-        raise LAVTUserError("presets apply to training configurations only")
-    data = _deep_merge(data, file_data)
-    return _deep_merge(data, over)
-
-
-def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
-    *parents, last = key.split(".")
-    for p in parents:
-        d = d.setdefault(p, {})
-        if not isinstance(d, dict):
-            raise LAVTUserError(f"override {key!r}: {p!r} is not a mapping")
-    d[last] = value
-
-
-def _to_plain(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {k: _to_plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_to_plain(x) for x in v]
-    return v
-
-
-def _from_dict(cls: type, data: dict[str, Any], source: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        k = str(key).replace("-", "_")
-        if k not in hints:
-            close = difflib.get_close_matches(k, names, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(names)}"
-            raise LAVTUserError(f"unknown key {key!r} in {source}{hint}")
-        kwargs[k] = _coerce(k, value, hints[k], source)
-    return cls(**kwargs)
-
-
-def _coerce(key: str, value: Any, hint: Any, source: str) -> Any:
-    """Turn a YAML/CLI value into the field's type, or explain which key is wrong."""
-
-    def fail(expected: str) -> typing.NoReturn:
-        raise LAVTUserError(f"{key} in {source} must be {expected}, got {value!r}")
-
-    origin, args = get_origin(hint), get_args(hint)
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(key, value, inner[0], source) if len(inner) == 1 else value
-    if origin is Literal:
-        if value not in args:
-            fail("one of " + ", ".join(repr(a) for a in args))
-        return value
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
-        fail("true or false")
-    if hint is int:
-        if isinstance(value, bool):
-            fail("an integer")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        fail("an integer")
-    if hint is float:
-        if isinstance(value, bool):
-            fail("a number")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):  # YAML reads 5e-5 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        fail("a number")
-    if hint is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        fail("a string")
-    if origin is tuple:
-        if isinstance(value, str):
-            value = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            fail("a list")
-        return tuple(_coerce(key, v, args[0], source) for v in value)
-    if origin is dict:
-        if not isinstance(value, dict):
-            fail("a mapping")
-        return dict(value)
-    return value
+# checks
 
 
 def _bad(key: str, value: Any, why: str) -> typing.NoReturn:
@@ -423,8 +279,6 @@ def _non_negative(cfg: Any, *keys: str, optional: bool = False) -> None:
 
 
 def _check_device(device: str, precision: str) -> None:
-    import re
-
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
         _bad("device", device, "must be auto, cpu, cuda or cuda:N")
     if precision == "fp16" and device == "cpu":
