@@ -147,6 +147,50 @@ def annotate(
     return caption(scaled, list(labels), colors=colors, background=(255, 255, 255), foreground=(0, 0, 0))
 
 
+def overlay_probabilities(
+    image: Image.Image,
+    probabilities: Sequence[np.ndarray],
+    colors: Sequence[RGB] | None = None,
+    alpha: float = 0.7,
+) -> Image.Image:
+    """Every probability map tinted in its colour with opacity `alpha * P(object)` per pixel
+    (later maps over earlier ones): the model's confidence before the 0.5 threshold, so a
+    hesitant mask shows as a faint tint where a confident one is solid."""
+    base = np.asarray(image.convert("RGB"), dtype=np.float32)
+    out = base.copy()
+    colors = [colour(i) for i in range(len(probabilities))] if colors is None else list(colors)
+    if len(colors) != len(probabilities):
+        raise ValueError(f"{len(probabilities)} probability maps but {len(colors)} colours")
+    for prob, c in zip(probabilities, colors):
+        p = np.asarray(prob, dtype=np.float32)
+        if p.shape != base.shape[:2]:
+            raise ValueError(f"probability map of shape {p.shape} does not match the image's {base.shape[:2]}")
+        a = (alpha * np.clip(p, 0.0, 1.0))[:, :, None]
+        out = (1 - a) * out + a * np.array(c, dtype=np.float32)
+    return Image.fromarray(out.round().clip(0, 255).astype(np.uint8))
+
+
+def annotate_probabilities(
+    image: Image.Image,
+    probabilities: Sequence[np.ndarray],
+    labels: Sequence[str],
+    alpha: float = 0.7,
+    min_width: int = 320,
+) -> Image.Image:
+    """`annotate` for probability maps: the same colours and legend, each expression's
+    P(object) as the opacity of its colour (the web page's probability view)."""
+    if len(probabilities) != len(labels):
+        raise ValueError(f"{len(probabilities)} probability maps but {len(labels)} labels")
+    colors = [colour(i) for i in range(len(labels))]
+    tinted = enlarge(overlay_probabilities(image, probabilities, colors, alpha=alpha), min_width)
+    return caption(tinted, list(labels), colors=colors, background=(255, 255, 255), foreground=(0, 0, 0))
+
+
+def mask_image(mask: np.ndarray) -> Image.Image:
+    """A bool mask as a 1-bit image (white = object), the form masks are saved in."""
+    return Image.fromarray(np.asarray(mask, dtype=bool))
+
+
 def side_by_side(panels: Sequence[Image.Image], gap: int = 0, background: RGB = (255, 255, 255)) -> Image.Image:
     """Panels in a row, top-aligned."""
     width = sum(p.width for p in panels) + gap * (len(panels) - 1)
@@ -164,5 +208,59 @@ def save_png(image: Image.Image, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     image.save(tmp, format="PNG")
+    tmp.replace(path)
+    return path
+
+
+def plot_training(
+    path: str | Path,
+    steps: Sequence[int],
+    losses: Sequence[float],
+    *,
+    lrs: Sequence[float] | None = None,
+    validation: dict[int, dict[str, float]] | None = None,
+    loss_label: str = "training loss",
+    title: str | None = None,
+) -> Path:
+    """Training curves as a PNG: the loss against the optimiser step (with its running mean
+    over 1/50 of the run once there are 100 points), then the learning rate when `lrs` is
+    given, then validation oIoU/mIoU per epoch when `validation` ({epoch: scores}) is given.
+    `lavt train`'s curves.png and `lavt demo --train`'s training_curve.png."""
+    # matplotlib is imported only here, when a curve is drawn: it is slow to import, and
+    # every other picture in this module needs only PIL.
+    from matplotlib.figure import Figure
+
+    panels = 1 + (lrs is not None) + (validation is not None)
+    fig = Figure(figsize=(5 * panels, 3.6))
+    axes = list(np.atleast_1d(fig.subplots(1, panels)))
+    loss = np.asarray(losses, dtype=np.float64)
+    ax = axes.pop(0)
+    k = len(loss) // 50
+    if k >= 2:
+        ax.plot(steps, loss, alpha=0.3, lw=1, label="loss")
+        ax.plot(list(steps)[k - 1 :], np.convolve(loss, np.ones(k) / k, mode="valid"), label=f"mean of {k}")
+        ax.legend()
+    else:
+        ax.plot(steps, loss, lw=1)
+    ax.set(xlabel="optimiser step", ylabel=loss_label, title="loss")
+    if lrs is not None:
+        ax = axes.pop(0)
+        ax.plot(steps, lrs)
+        ax.set(xlabel="optimiser step", ylabel="learning rate", title="schedule")
+    if validation is not None:
+        ax = axes.pop(0)
+        epochs = sorted(validation)
+        if epochs:
+            for key in ("oIoU", "mIoU"):
+                ax.plot(epochs, [validation[e].get(key, float("nan")) for e in epochs], marker="o", label=key)
+            ax.legend()
+        ax.set(xlabel="epoch", ylabel="%", title="validation")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=100, format="png")
     tmp.replace(path)
     return path

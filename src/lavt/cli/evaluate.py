@@ -43,7 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lavt.engine.config import load_eval_config, parse_overrides
-    from lavt.engine.evaluate import evaluate, format_table
+    from lavt.engine.evaluate import evaluate
+    from lavt.engine.report import format_table
 
     overrides = parse_overrides(args.overrides)
     keys = [key for key, _, _ in FLAGS.values()] + ["progress"]

@@ -22,9 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lavt.inference import Predictor, load_image, overlay
-    from lavt.errors import LAVTUserError
     from PIL import Image
+
+    from lavt.errors import LAVTUserError
+    from lavt.inference import Predictor, load_image
+    from lavt.visualize import overlay, save_png
 
     image = load_image(args.image)  # fail on a bad image before loading the model
     try:
@@ -38,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     for k, r in enumerate(results, start=1):
         mask_path = args.out / f"{stem}_{k}_mask.png"
         over_path = args.out / f"{stem}_{k}_overlay.png"
-        Image.fromarray(r.mask.astype("uint8") * 255).save(mask_path)
-        overlay(image, r.mask).save(over_path)
+        save_png(Image.fromarray(r.mask.astype("uint8") * 255), mask_path)
+        save_png(overlay(image, r.mask), over_path)
         print(f"[{k}] {r.expression!r}: {r.area} px ({100.0 * r.area / total:.1f}% of the image) -> {mask_path}, {over_path}")
     return 0

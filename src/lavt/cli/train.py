@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 # option -> TrainConfig key, for the options common enough to deserve a flag
 FLAGS: dict[str, tuple[str, type | None, str]] = {
@@ -58,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     import yaml
 
     from lavt.engine.config import load_train_config, parse_overrides
-    from lavt.engine.train import TrainingDiverged, train
+    from lavt.engine.train import train
 
     overrides = parse_overrides(args.overrides)
     keys = [key for key, _, _ in FLAGS.values()] + ["activation_checkpointing", "progress", "tensorboard"]
@@ -67,11 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
-    try:
-        result = train(config)
-    except TrainingDiverged as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    result = train(config)  # a diverged run raises TrainingDiverged, a user error: one `error:` line, exit 2
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     best = result.best

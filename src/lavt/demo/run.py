@@ -52,7 +52,7 @@ def _draw_overlays(scenes: Any, predictions: list[dict[str, Any]], folder: Path,
     """Side-by-side pictures: scene | prediction with the expression and IoU written on it."""
     from PIL import Image, ImageDraw
 
-    from lavt.inference.predictor import overlay
+    from lavt.visualize import overlay
 
     folder.mkdir(parents=True, exist_ok=True)
     by_image: dict[int, list[dict[str, Any]]] = {}

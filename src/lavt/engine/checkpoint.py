@@ -137,8 +137,7 @@ def training_state(
     rng: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """The dict written as `checkpoint.pt` (`epoch` is the last finished epoch, 0-based)."""
-    sched = scheduler.state_dict()
-    sched.pop("lr_lambdas", None)  # the schedule is rebuilt from the config on resume
+    sched = scheduler.state_dict()  # plain values: the schedule itself is rebuilt from the config on resume
     return {
         "format": FORMAT,
         "version": VERSION,

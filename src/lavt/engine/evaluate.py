@@ -29,9 +29,11 @@ from torch.utils.data import DataLoader
 
 from lavt.engine.config import EvalConfig
 from lavt.engine.distributed import DistEnv, all_gather_objects, process_group
-from lavt.engine.train import ShardSampler, autocast_context
+from lavt.engine.samplers import ShardSampler
 from lavt.errors import LAVTUserError
 from lavt.metrics import ReferringMetrics
+from lavt.precision import autocast
+from lavt.visualize import caption, compare, enlarge, save_png
 
 PROTOCOLS: dict[str, str] = {
     "official": "argmax at the model's square input size vs the ground truth resized to it (nearest), as the official test.py",
@@ -54,39 +56,53 @@ def score_image_group(
     model: torch.nn.Module,
     group: dict[str, Any],
     device: torch.device,
-    max_batch: int = 64,
+    max_batch: int | None = 64,
     precision: str = "fp32",
     return_preds: bool = True,
+    original: bool = True,
 ) -> tuple[list[tuple[int, int]], list[tuple[int, int]], list[np.ndarray]]:
-    """All expressions of one image: (I, U) at the square size, (I, U) at the original size,
-    and (when `return_preds`) the predicted masks at the original size (bool (H,W) each)."""
+    """All expressions of one image, `max_batch` per forward (None: all at once).
+
+    `group` holds `image` (3,S,S), `masks` (E,S,S) at the square size, the text as token ids
+    (`input_ids`, `attention_mask`) or as text-encoder features (`text_features`,
+    `text_mask`), and, with `original`, `orig_masks` (E masks of the original (H,W)).
+    Returns (I, U) per expression at the square size, (I, U) at the original size (empty
+    without `original`), and (when `return_preds`) the predicted masks, bool (H,W) each, at
+    the original size (at the square size without `original`)."""
     image = group["image"].to(device)[None]
-    ids, mask = group["input_ids"].to(device), group["attention_mask"].to(device)
+    keys = ("text_features", "text_mask") if "text_features" in group else ("input_ids", "attention_mask")
+    text = {k: group[k].to(device) for k in keys}
     gts = group["masks"].to(device)
-    origs = group["orig_masks"]
-    n = ids.shape[0]
+    origs = group["orig_masks"] if original else None
+    n = gts.shape[0]
+    step = n if max_batch is None else max_batch
     square: list[tuple[int, int]] = []
-    original: list[tuple[int, int]] = []
+    at_original: list[tuple[int, int]] = []
     preds: list[np.ndarray] = []
     segment = getattr(model, "segment_expressions", None)
-    for s in range(0, n, max_batch):
-        e = min(n, s + max_batch)
-        with autocast_context(precision, device):
+    for s in range(0, n, step):
+        e = min(n, s + step)
+        chunk = {k: v[s:e] for k, v in text.items()}
+        with autocast(precision, device):
             if segment is not None:
-                logits = segment(image, ids[s:e], mask[s:e])
+                logits = segment(image, **chunk)
             else:
-                logits = model(image.expand(e - s, -1, -1, -1), ids[s:e], mask[s:e])
+                logits = model(image.expand(e - s, -1, -1, -1), **chunk)
         logits = logits.float()
         pred = logits.argmax(1).bool()
         gt = gts[s:e].bool()
         square += list(zip((pred & gt).flatten(1).sum(1).tolist(), (pred | gt).flatten(1).sum(1).tolist()))
+        if origs is None:
+            if return_preds:
+                preds += list(pred.cpu().numpy())
+            continue
         h, w = origs[s].shape[-2:]
         up = F.interpolate(logits, size=(int(h), int(w)), mode="bilinear", align_corners=False).argmax(1).bool()
         og = torch.stack([torch.as_tensor(m) for m in origs[s:e]]).to(device).bool()
-        original += list(zip((up & og).flatten(1).sum(1).tolist(), (up | og).flatten(1).sum(1).tolist()))
+        at_original += list(zip((up & og).flatten(1).sum(1).tolist(), (up | og).flatten(1).sum(1).tolist()))
         if return_preds:
             preds += list(up.cpu().numpy())
-    return square, original, preds
+    return square, at_original, preds
 
 
 def evaluate(config: EvalConfig, loaded: Any = None) -> EvalResult:
@@ -203,21 +219,6 @@ def _run(config: EvalConfig, env: DistEnv, loaded: Any) -> EvalResult:
     return EvalResult(metrics, counts, report, all_records)
 
 
-def format_table(report: dict[str, Any]) -> str:
-    """The two protocols as a small text table (percent, 2 decimals as the official print)."""
-    keys = ["oIoU", "mIoU", "P@0.5", "P@0.6", "P@0.7", "P@0.8", "P@0.9"]
-    c = report["counts"]
-    head = (
-        f"{report['dataset']} ({report['split_by']}) {report['split']}: {c['expressions']} expressions, "
-        f"{c['refs']} objects, {c['images']} images; checkpoint {report['checkpoint']}"
-    )
-    rows = [f"{'protocol':<22}" + "".join(f"{k:>8}" for k in keys)]
-    names = {"official": f"official {report['image_size']}x{report['image_size']}", "original": "original resolution"}
-    for proto, m in report["metrics"].items():
-        rows.append(f"{names.get(proto, proto):<22}" + "".join(f"{m[k]:>8.2f}" for k in keys))
-    return "\n".join([head, *rows])
-
-
 def _write_json(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -236,33 +237,16 @@ def write_overlays(ds: Any, worst: list[tuple], folder: Path, min_width: int = 3
     """One PNG per worst case: the original image, ground truth in green, prediction in red
     (overlap yellow), with the expression and both IoUs in a caption strip underneath.
     Small images are enlarged (nearest) to `min_width` so the caption stays readable."""
-    import textwrap
-
-    from PIL import Image, ImageDraw
-
-    folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for rank, (_, _, rec, bits, shape) in enumerate(worst, 1):
         h, w = shape
         pred = np.unpackbits(bits)[: h * w].reshape(h, w).astype(bool)
-        image = np.asarray(ds.refer.load_image(rec["image_id"]).convert("RGB")).astype(np.float32)
+        image = ds.refer.load_image(rec["image_id"])
         gt = ds.refer.mask(rec["ref_id"], ds.mask_mode).astype(bool)
-        out = image * 0.5
-        out[gt & ~pred] += np.array([0, 110, 0])
-        out[pred & ~gt] += np.array([120, 0, 0])
-        out[pred & gt] += np.array([110, 110, 0])
-        img = Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
-        scale = max(1, -(-min_width // img.width))
-        if scale > 1:
-            img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-        lines = textwrap.wrap(f'"{rec["expression"]}"', width=max(20, img.width // 7))
-        lines.append(f"IoU {rec['original']['IoU']:.3f} original, {rec['official']['IoU']:.3f} official; green GT, red prediction")
-        canvas = Image.new("RGB", (img.width, img.height + 14 * len(lines) + 6), (0, 0, 0))
-        canvas.paste(img, (0, 0))
-        draw = ImageDraw.Draw(canvas)
-        for i, line in enumerate(lines):
-            draw.text((4, img.height + 3 + 14 * i), line, fill=(255, 255, 255))
-        p = folder / f"{rank:03d}_ref{rec['ref_id']}_sent{rec['sent_id']}.png"
-        canvas.save(p)
-        paths.append(p)
+        picture = caption(
+            enlarge(compare(image, pred, gt), min_width),
+            [f'"{rec["expression"]}"',
+             f"IoU {rec['original']['IoU']:.3f} original, {rec['official']['IoU']:.3f} official; green GT, red prediction"],
+        )
+        paths.append(save_png(picture, folder / f"{rank:03d}_ref{rec['ref_id']}_sent{rec['sent_id']}.png"))
     return paths

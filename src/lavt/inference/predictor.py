@@ -6,7 +6,6 @@ resize, which the model never saw), and the masks come back at the original reso
 """
 from __future__ import annotations
 
-import contextlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from lavt.errors import LAVTUserError
+from lavt.precision import PRECISIONS, autocast
 
 ImageInput = str | Path | Image.Image | np.ndarray
 
@@ -116,8 +116,8 @@ class Predictor:
     ) -> None:
         if getattr(model, "text_encoder", None) is None:
             raise LAVTUserError("this model has no text encoder, so it cannot read expressions; load a full model")
-        if precision not in ("fp32", "bf16", "fp16"):
-            raise LAVTUserError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+        if precision not in PRECISIONS:
+            raise LAVTUserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
@@ -163,16 +163,10 @@ class Predictor:
         ids, mask = self.tokenizer(expressions)
         return expressions, ids.to(self.device), mask.to(self.device)
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
-
     @torch.inference_mode()
     def predict_logits(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Torch-facing: one normalised image (1,3,S,S), E expressions -> logits (E,2,S,S), float32."""
-        with self._autocast():
+        with autocast(self.precision, self.device):
             logits = self.model.segment_expressions(image, input_ids, attention_mask)
         return logits.float()
 
@@ -190,18 +184,3 @@ class Predictor:
             for i, text in enumerate(texts)
         ]
 
-
-def overlay(image: Image.Image, mask: np.ndarray, color: tuple[int, int, int] = (255, 40, 40), alpha: float = 0.45) -> Image.Image:
-    """The image with the mask tinted and its contour drawn (for people to look at)."""
-    from PIL import ImageFilter
-
-    base = np.asarray(image.convert("RGB"), dtype=np.float32)
-    m = mask.astype(bool)
-    out = base.copy()
-    out[m] = (1 - alpha) * base[m] + alpha * np.array(color, dtype=np.float32)
-    pil_mask = Image.fromarray(m.astype(np.uint8) * 255)
-    width = max(1, round(min(m.shape) / 160))
-    eroded = np.asarray(pil_mask.filter(ImageFilter.MinFilter(2 * width + 1))) > 0
-    edge = m & ~eroded
-    out[edge] = np.array(color, dtype=np.float32)
-    return Image.fromarray(out.round().clip(0, 255).astype(np.uint8))
