@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from importlib.resources import files
 
 import pytest
 import torch
@@ -99,6 +100,29 @@ def test_save_and_from_pretrained_round_trip(tmp_path):
     mask = (ids > 0).long()
     with torch.no_grad():
         torch.testing.assert_close(again(image, ids, mask), model(image, ids, mask), atol=0, rtol=0)
+
+
+def test_config_json_of_earlier_versions_still_loads(tmp_path):
+    """Folders written before `extra` was dropped carry `"extra": {}`; they load unchanged,
+    while a really unknown key is still refused."""
+    torch.manual_seed(2)
+    model = LAVT(tiny_config()).eval()
+    folder = model.save_pretrained(tmp_path / "old")
+    saved = json.loads((folder / "config.json").read_text())
+    assert "extra" not in saved
+    (folder / "config.json").write_text(json.dumps({**saved, "extra": {}}))
+    again = LAVT.from_pretrained(folder)
+    assert again.config == model.config
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[k], v, atol=0, rtol=0)
+    (folder / "config.json").write_text(json.dumps({**saved, "extras": {}}))
+    with pytest.raises(LAVTUserError, match=r"unknown model configuration keys \['extras'\]"):
+        LAVT.from_pretrained(folder)
+
+
+def test_shipped_demo_config_has_no_extra_key():
+    saved = json.loads(files("lavt").joinpath("assets/demo_model/config.json").read_text())
+    assert "extra" not in saved and saved["model_type"] == "lavt"
 
 
 def test_from_pretrained_rejects_non_model_folders(tmp_path):

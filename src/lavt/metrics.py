@@ -1,4 +1,4 @@
-"""The referring-segmentation metrics of the official LAVT `test.py` (MISSION.md section 4).
+"""The referring-segmentation metrics of the official LAVT `test.py`.
 
 For every (image, expression) pair: I = |pred AND gt|, U = |pred OR gt|, IoU = I / U, and
 IoU = 0 when U = 0 (both masks empty). Over a split:
@@ -16,6 +16,8 @@ import math
 from typing import Any
 
 import numpy as np
+import torch
+import torch.distributed as dist
 
 THRESHOLDS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -24,11 +26,7 @@ def _as_bool(mask: Any) -> Any:
     """A boolean view of a mask: numpy stays numpy, torch stays torch (and on its device)."""
     if isinstance(mask, np.ndarray):
         return mask if mask.dtype == np.bool_ else mask != 0
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
-        torch = None
-    if torch is not None and isinstance(mask, torch.Tensor):
+    if isinstance(mask, torch.Tensor):
         return mask if mask.dtype == torch.bool else mask != 0
     return np.asarray(mask) != 0
 
@@ -132,9 +130,6 @@ class ReferringMetrics:
     def all_reduce(self, device: Any = None) -> None:
         """Sum the state over all processes of the default torch.distributed group (no-op
         when not distributed). Every process ends with the totals."""
-        import torch
-        import torch.distributed as dist
-
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return
         if device is None:
@@ -159,10 +154,6 @@ class ReferringMetrics:
         for t, c in zip(self.thresholds, self.correct):
             out[f"P@{t:g}"] = c * 100.0 / self.count
         return out
-
-    def summary(self) -> dict[str, Any]:
-        """`compute()` plus the raw counts, for JSON reports."""
-        return {**self.compute(), "expressions": self.count, "cum_I": self.cum_i, "cum_U": self.cum_u}
 
     def __repr__(self) -> str:
         if not self.count:

@@ -272,24 +272,18 @@ class ReferImageGroups(_ReferBase):
         split: str,
         *,
         tokenizer: ExpressionTokenizer,
-        mode: str = "eval",
         image_size: int = 480,
         mask_mode: str = "any",
-        seed: int = 0,
         skip_unreadable: bool = False,
         max_images: int | None = None,
         image_dir: str | Path | None = None,
         kinds: Sequence[str] | None = None,
     ) -> None:
-        if mode != "eval":
-            raise LAVTUserError(f"ReferImageGroups is for evaluation only (mode='eval'), got {mode!r}")
         super().__init__(
             root, dataset, split_by, split, tokenizer=tokenizer, image_size=image_size,
             mask_mode=mask_mode, skip_unreadable=skip_unreadable, max_images=max_images,
             image_dir=image_dir, kinds=kinds,
         )
-        self.mode = mode
-        self.seed = int(seed)
         groups: dict[int, list[int]] = {}
         for i, ref_id in enumerate(self.ref_ids):
             groups.setdefault(int(self.refer.refs[ref_id]["image_id"]), []).append(i)

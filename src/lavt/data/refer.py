@@ -224,7 +224,6 @@ class Refer:
         self.sentences: dict[int, dict] = {}
         self.sentence_ref: dict[int, int] = {}
         self.image_refs: dict[int, list[int]] = {}
-        self.ann_ref: dict[int, int] = {}
         where = f"refs file {self.refs_file}"
         for i, ref in enumerate(refs):
             if not isinstance(ref, dict):
@@ -260,7 +259,6 @@ class Refer:
                 self.sentences[int(sentence["sent_id"])] = sentence
                 self.sentence_ref[int(sentence["sent_id"])] = ref_id
             self.refs[ref_id] = ref
-            self.ann_ref[int(ref["ann_id"])] = ref_id
             self.image_refs.setdefault(int(ref["image_id"]), []).append(ref_id)
 
     # ------------------------------------------------------------------ queries

@@ -42,9 +42,3 @@ def mask_to_tensor(mask: np.ndarray, size: int | tuple[int, int] | None) -> torc
             mask = np.asarray(Image.fromarray(mask).resize((width, height), Image.Resampling.NEAREST))
     return torch.from_numpy(mask.astype(np.int64))
 
-
-def denormalize(image: torch.Tensor) -> torch.Tensor:
-    """Undo the ImageNet normalisation: float (..., 3, H, W) -> values in [0, 1], for display."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=image.dtype, device=image.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=image.dtype, device=image.device).view(3, 1, 1)
-    return (image * std + mean).clamp(0.0, 1.0)

@@ -1,12 +1,14 @@
 """Model configuration: one dataclass, serialised as config.json, and named presets.
 
-Defaults are the official LAVT behaviour; every ablation of the paper (MISSION.md section 6)
-is a field here, so an ablation is a config change, never a code change.
+Defaults are the official LAVT behaviour; every ablation of the paper (section 4.3: the
+language pathway, PWAM per stage, the gate activation, PWAM's normalisation, the decoder's
+input, cross-attention instead of PWAM) is a field here, so an ablation is a config change,
+never a code change.
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from lavt.errors import LAVTUserError
@@ -15,6 +17,7 @@ GATE_ACTIVATIONS = ("tanh", "sigmoid", "none")
 PWAM_NORMS = ("instance", "layer", "none")
 DECODER_FEATURES = ("multimodal", "gated")
 FUSIONS = ("pwam", "cross_attention")
+_IGNORED_KEYS = {"model_type", "lavt_version", "extra"}
 
 
 @dataclass
@@ -67,7 +70,6 @@ class LAVTConfig:
     max_tokens: int = 20
     image_size: int = 480
     use_checkpoint: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("depths", "num_heads", "pwam_heads", "pwam_stages"):
@@ -132,8 +134,10 @@ class LAVTConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LAVTConfig":
+        """The config of a config.json; its bookkeeping keys (`model_type`, `lavt_version`, and
+        `extra`, an always-empty field of earlier versions) are accepted and ignored."""
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known - {"model_type", "lavt_version"})
+        unknown = sorted(set(d) - known - _IGNORED_KEYS)
         if unknown:
             raise LAVTUserError(
                 f"unknown model configuration keys {unknown}; known keys are {sorted(known)}"
