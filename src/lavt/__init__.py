@@ -5,6 +5,7 @@ Public API (imported lazily so `lavt --help` does not pay for torch):
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from lavt.errors import LAVTUserError
@@ -26,8 +27,7 @@ __all__ = ["LAVTUserError", "__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:
+    # Lazy on purpose: `import lavt` (and so `lavt --help`) must not import torch or transformers.
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'lavt' has no attribute {name!r}")

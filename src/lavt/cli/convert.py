@@ -37,8 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lavt.data.tokenization import ExpressionTokenizer, default_text_encoder_dir
-    from lavt.models import load_official
+    # Imported here, not at the top, so `lavt --help` does not load torch and transformers.
+    from lavt.data.tokenization import ExpressionTokenizer
+    from lavt.models import default_text_encoder_dir, load_official
 
     heads = parse_heads(args.pwam_heads)
     if args.out_dir.exists() and any(args.out_dir.iterdir()):

@@ -67,6 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here, not at the top, so `lavt --help` does not load numpy, PIL and pycocotools.
     if args.data_command == "info":
         from lavt.data.info import dataset_info
 

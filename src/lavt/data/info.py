@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lavt.data.refer import Refer
+from lavt.errors import LAVTUserError
 
 # (dataset, split_by) -> split -> (refs, expressions, images). Sources: the refer-API
 # release statistics (Yu et al. 2016 for RefCOCO/RefCOCO+ unc, Nagaraja et al. 2016 for
@@ -128,8 +129,6 @@ def dataset_info(
     check_images: 'none', 'exists' (stat every image file) or 'decode' (also decode every
     image, which finds truncated files but reads the whole image folder).
     """
-    from lavt.errors import LAVTUserError
-
     if check_images not in ("none", "exists", "decode"):
         raise LAVTUserError(f"check_images must be 'none', 'exists' or 'decode', got {check_images!r}")
     refer = Refer(root, dataset, split_by, image_dir=image_dir)

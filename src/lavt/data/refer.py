@@ -24,6 +24,7 @@ from typing import Any, Iterable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from pycocotools import mask as mask_utils
 
 from lavt.errors import LAVTUserError
 
@@ -111,8 +112,6 @@ def decode_segmentation(segmentation: Any, height: int, width: int, mode: str = 
     one part (`> 0`); mode='official' keeps only pixels covered exactly once (`== 1`), which
     is what the official LAVT code does (it drops pixels where two polygons overlap).
     """
-    from pycocotools import mask as mask_utils
-
     if mode not in MASK_MODES:
         raise LAVTUserError(f"mask_mode must be one of {MASK_MODES}, got {mode!r}")
     if isinstance(segmentation, dict):
