@@ -134,8 +134,9 @@ class LAVTConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LAVTConfig":
-        """The config of a config.json; its bookkeeping keys (`model_type`, `lavt_version`, and
-        `extra`, an always-empty field of earlier versions) are accepted and ignored."""
+        """The config of a config.json. Keys that are not model fields but may be written
+        beside them (`model_type`, `lavt_version`, `extra`) are ignored, so every saved
+        config.json keeps loading; any other unknown key is an error."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known - _IGNORED_KEYS)
         if unknown:
