@@ -15,7 +15,7 @@ _EXPORTS = {
     "Refer": "lavt.data.refer",
     "decode_segmentation": "lavt.data.refer",
     "ExpressionTokenizer": "lavt.data.tokenization",
-    "default_text_encoder_dir": "lavt.data.tokenization",
+    "default_text_encoder_dir": "lavt.models.text_encoder",
     "dataset_info": "lavt.data.info",
     "generate_synthref": "lavt.data.synthref",
 }

@@ -150,7 +150,7 @@ class Refer:
     Opening validates the records that the datasets rely on and raises `LAVTUserError`
     naming the file and record for a missing file, a damaged file, a ref without its
     annotation or image, or an empty expression. Images are not opened here (see
-    `check_images` and `load_image`).
+    `check_image` and `load_image`).
     """
 
     def __init__(
