@@ -13,13 +13,13 @@ import warnings
 
 from lavt.errors import LAVTUserError
 
-COMMANDS = ["convert", "data", "train", "evaluate", "predict", "demo"]
+COMMANDS = ["convert", "data", "train", "evaluate", "predict", "demo", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lavt",
-        description="LAVT referring image segmentation: convert, data, train, evaluate, predict, demo.",
+        description="LAVT referring image segmentation: convert, data, train, evaluate, predict, demo, serve.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
