@@ -43,6 +43,10 @@ def run(args: argparse.Namespace) -> int:
         raise LAVTUserError(f"lavt serve needs the 'web' extra ({', '.join(missing)} not installed): {WEB_EXTRA}")
     if not 0 <= args.port <= 65535:
         raise LAVTUserError(f"--port must be between 0 and 65535, got {args.port}")
+    if args.concurrency < 1:
+        raise LAVTUserError(f"--concurrency must be at least 1, got {args.concurrency}")
+    if args.queue_size < 0:
+        raise LAVTUserError(f"--queue-size must be 0 or more, got {args.queue_size}")
     from lavt.serve.launch import serve
     from lavt.serve.limits import MB, Limits
 
