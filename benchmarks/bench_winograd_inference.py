@@ -10,7 +10,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_model as bm  # noqa: E402
 import lavt  # noqa: E402
-import lavt.models.decoder as D  # noqa: E402
+from lavt.ops import winograd as W  # noqa: E402
 
 torch.set_num_threads(2)
 args = argparse.Namespace(preset="base", window=12, size=480, tokens=20, bert_layers=12, seed=0, official=sys.argv[1], train_batch=2)
@@ -20,9 +20,9 @@ off = bm.build_official(mods, cfg).eval(); bert = bm.build_bert(cfg.text_encoder
 bm.randomize_(off, 0); bm.randomize_(bert, 0)
 ours = lavt.load_official({"model": off.state_dict(), "bert_model": bert.state_dict()}).eval()
 image, ids, mask = bm.make_inputs(1, 480, 20, seed=1)
-orig = D.winograd_applies
-def ours_w(): D.winograd_applies = orig; return ours(image, ids, mask)
-def ours_d(): D.winograd_applies = lambda x, w: False; return ours(image, ids, mask)
+orig = W.MIN_CHANNELS  # raised past every width: the fast path with direct convolutions
+def ours_w(): W.MIN_CHANNELS = orig; return ours(image, ids, mask)
+def ours_d(): W.MIN_CHANNELS = 1 << 30; return ours(image, ids, mask)
 def offi(): return bm.official_forward(off, bert, image, ids, mask)
 with torch.inference_mode():
     ref = offi(); a = ours_w(); b = ours_d()

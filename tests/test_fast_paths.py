@@ -1,9 +1,10 @@
 """The fast paths compute what the plain ones do.
 
-Guards the speed and memory work in `lavt.models` (swin.py, lean.py, fast.py): inference
-caches are rebuilt when weights change and never used in training, the memory-lean autograd
-functions give the exact gradients, batched and shared-stem forwards equal separate ones, and
-bfloat16 autocast stays close to float32.
+Guards the speed and memory kernels in `lavt.ops` (window_attention.py, norm_mlp.py,
+cache.py): inference caches are rebuilt when weights change and never used in training, the
+memory-lean autograd functions give the exact gradients, batched and shared-stem forwards
+equal separate ones, and bfloat16 autocast stays close to float32. The switch itself and
+whole-model fast vs plain comparisons are in test_ops_switch.py.
 """
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ import torch
 import torch.nn.functional as F
 
 import lavt
+from lavt import ops
 from lavt.models import LAVT
-from lavt.models.fast import _CACHE_ATTR
-from lavt.models.lean import LayerNormLinear, LayerNormMlp
-from lavt.models.swin import SwinBlock, _WindowAttentionFunction, shift_mask, window_partition, window_reverse
+from lavt.models.swin import SwinBlock, shift_mask, window_partition, window_reverse
+from lavt.ops import LayerNormLinear, LayerNormMlp, WindowAttentionFunction, window_layout
+from lavt.ops.cache import CACHE_ATTR
+from lavt.ops.window_attention import BACKWARD_CHUNK_BYTES
 from tests.conftest import tiny_config
 
 
@@ -54,7 +57,7 @@ def _inputs(b=2, n=6, dim=32, h=40, w=56, seed=0):
 
 
 def _caches(model: torch.nn.Module) -> int:
-    return sum(_CACHE_ATTR in m.__dict__ for m in model.modules())
+    return sum(CACHE_ATTR in m.__dict__ for m in model.modules())
 
 
 def _fresh_copy(model: LAVT) -> LAVT:
@@ -153,26 +156,20 @@ def test_segment_expressions_equals_separate_forwards(autocast):
 
 
 # ------------------------------------------------------------------ exact gradients
-@pytest.mark.parametrize("chunk_bytes", [None, 1])
+@pytest.mark.parametrize("chunk_bytes", [BACKWARD_CHUNK_BYTES, 1])
 @pytest.mark.parametrize("shift", [0, 2])
-def test_window_attention_function_gradients(shift, chunk_bytes, monkeypatch):
+def test_window_attention_function_gradients(shift, chunk_bytes):
     """The fused-forward / recomputing-backward window attention (tokens -> windows ->
     attention -> tokens), in float64, against numerical derivatives: padded map, two images,
     gradients of the tokens, the qkv bias (padding tokens) and the position bias; the backward
     in one piece and one window at a time."""
-    from lavt.models import swin
-    from lavt.models.swin import window_layout
-
-    if chunk_bytes is not None:
-        monkeypatch.setattr(swin, "_BACKWARD_CHUNK_BYTES", chunk_bytes)
-
     g = torch.Generator().manual_seed(0)
     heads, d, h, w = 2, 3, 5, 6
     layout = window_layout(h, w, 4, shift, torch.device("cpu"))
     qkv = torch.randn(2, h * w, 3 * heads * d, generator=g, dtype=torch.float64, requires_grad=True)
     qkv_bias = torch.randn(3 * heads * d, generator=g, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(heads, 16, 16, generator=g, dtype=torch.float64, requires_grad=True)
-    fn = lambda a, qb, b: _WindowAttentionFunction.apply(a, qb, b, layout, heads, 0.5)  # noqa: E731
+    fn = lambda a, qb, b: WindowAttentionFunction.apply(a, qb, b, layout, heads, 0.5, chunk_bytes)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (qkv, qkv_bias, bias))
 
 
@@ -188,7 +185,8 @@ def test_lean_layer_norm_functions_gradients():
 
 
 def _reference_block(blk: SwinBlock, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """The official Swin-seg block, written out with plain autograd ops."""
+    """The official Swin-seg block, written out with plain autograd ops (projection inside
+    the windows, matmul-softmax attention, as in the official code)."""
     b, _, c = x.shape
     ws, shift, attn = blk.window, blk.shift, blk.attn
     y = blk.norm1(x).view(b, h, w, c)
@@ -216,24 +214,39 @@ def _reference_block(blk: SwinBlock, x: torch.Tensor, h: int, w: int) -> torch.T
 def test_swin_block_gradients_match_plain_autograd(shift):
     """The training path (lean LayerNorm/MLP functions, gathered windows, fused attention with
     recomputing backward) against the official computation with plain autograd: values and
-    the gradients of the input and of every parameter, on a padded map, batch 2."""
+    the gradients of the input and of every parameter, on a padded map, batch 2; the block's
+    plain path (the switch off) against the same written-out reference."""
     torch.manual_seed(0)
     blk = _randomise(SwinBlock(16, 2, 4, shift)).train()
-    from lavt.models.swin import window_layout
-
     h, w = 6, 7
     x = torch.randn(2, h * w, 16, requires_grad=True)
-    layout = window_layout(h, w, 4, shift, x.device)
-    out = blk(x, layout)
     ref = _reference_block(blk, x, h, w)
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
-    gout = torch.randn_like(out)
+    gout = torch.randn_like(ref)
     params = [x] + list(blk.parameters())
-    grads = torch.autograd.grad(out, params, gout)
-    refs = torch.autograd.grad(ref, params, gout)
     names = ["x"] + [n for n, _ in blk.named_parameters()]
-    for name, a, r in zip(names, grads, refs):
-        torch.testing.assert_close(a, r, atol=2e-5, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+    refs = torch.autograd.grad(ref, params, gout)
+    for fast in (True, False):
+        with ops.fast_paths(fast):
+            out = blk(x, (h, w))
+        grad_fns = _grad_fn_names(out)
+        assert any("WindowAttentionFunction" in n for n in grad_fns) == fast
+        assert any("LayerNormMlp" in n for n in grad_fns) == fast
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+        grads = torch.autograd.grad(out, params, gout)
+        for name, a, r in zip(names, grads, refs):
+            torch.testing.assert_close(a, r, atol=2e-5, rtol=1e-4, msg=lambda m: f"fast={fast} {name}: {m}")
+
+
+def _grad_fn_names(t: torch.Tensor) -> set[str]:
+    """The names of every node in t's autograd graph."""
+    seen, todo = set(), [t.grad_fn]
+    while todo:
+        fn = todo.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        todo.extend(f for f, _ in fn.next_functions)
+    return {type(fn).__name__ for fn in seen}
 
 
 def test_activation_checkpointing_same_gradients():

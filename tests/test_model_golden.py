@@ -1,4 +1,5 @@
-"""The model reproduces the official LAVT outputs (../shared/golden, made from yz93/LAVT-RIS)."""
+"""The model reproduces the official LAVT outputs (../shared/golden, made from yz93/LAVT-RIS),
+on the fast paths and on the plain PyTorch reference path (`lavt.ops` switch off)."""
 from __future__ import annotations
 
 import pytest
@@ -6,6 +7,14 @@ import torch
 import torch.nn.functional as F
 
 import lavt
+from lavt import ops
+
+
+@pytest.fixture(autouse=True, params=[True, False], ids=["fast", "plain"])
+def fast_paths(request):
+    """Every test of this module runs once on each path."""
+    with ops.fast_paths(request.param):
+        yield request.param
 
 
 def _load(golden_dir, name):

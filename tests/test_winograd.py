@@ -1,14 +1,14 @@
 """Winograd F(2x2, 3x3) and F(4x4, 3x3) convolutions: the values and gradients of F.conv2d,
-every map shape."""
+every map shape; the decoder with Winograd against its plain path (fast paths off)."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from lavt.models import decoder as decoder_module
-from lavt.models import winograd
+from lavt import ops
 from lavt.models.decoder import SimpleDecoding
+from lavt.ops import winograd
 
 
 def _grads(fn, x, w, g):
@@ -26,13 +26,12 @@ def _close(a: torch.Tensor, b: torch.Tensor, rel: float = 2e-6) -> None:
 
 @pytest.mark.parametrize(
     "shape",
-    [(2, 5, 7, 6, 8), (1, 3, 4, 7, 5), (2, 16, 8, 9, 2), (3, 8, 6, 2, 3), (1, 4, 3, 11, 13)],
+    [(2, 5, 7, 6, 8), (1, 3, 4, 7, 5), (2, 16, 8, 9, 2), (3, 8, 6, 2, 3), (1, 4, 3, 11, 13), (2, 3, 4, 41, 37)],
     ids=lambda s: "x".join(map(str, s)),
 )
-@pytest.mark.parametrize("band_bytes", [1, 16 << 20], ids=["one-row-bands", "one-band"])
+@pytest.mark.parametrize("band_bytes", [1, 16 << 20], ids=["smallest-bands", "one-band"])
 @pytest.mark.parametrize("m", [2, 4], ids=["F2", "F4"])
-def test_matches_conv2d_values_and_gradients(shape, band_bytes, m, monkeypatch):
-    monkeypatch.setattr(winograd, "_BAND_BYTES", band_bytes)
+def test_matches_conv2d_values_and_gradients(shape, band_bytes, m):
     b, c, o, h, w = shape
     gen = torch.Generator().manual_seed(sum(shape))
     x = torch.randn(b, c, h, w, generator=gen)
@@ -40,29 +39,42 @@ def test_matches_conv2d_values_and_gradients(shape, band_bytes, m, monkeypatch):
     g = torch.randn(b, o, h, w, generator=gen)
     ref = _grads(lambda a, k: F.conv2d(a, k, padding=1), x, wt, g)
     for inp, grad in ((x, g), (x.contiguous(memory_format=torch.channels_last), g.contiguous(memory_format=torch.channels_last))):
-        got = _grads(lambda a, k: winograd.winograd_conv3x3(a, k, m), inp, wt, grad)
+        got = _grads(lambda a, k: winograd.winograd_conv3x3(a, k, m, band_bytes), inp, wt, grad)
         assert got[0].shape == ref[0].shape
         for a, r in zip(got, ref):
             _close(a, r, rel=2e-6 if m == 2 else 2e-5)  # F(4x4)'s transforms scale by up to 8 and 1/6
 
 
+def test_small_bands_really_split_the_map():
+    """The smallest bands cut the 41x37 map of the test above into several bands, so the
+    band seams (the backward's carried rows) are what that test checks."""
+    x, w = torch.empty(2, 3, 41, 37), torch.empty(4, 3, 3, 3)
+    for m in (2, 4):
+        _, th, _, band = winograd._geometry(x, w, m, 1)
+        assert band < th
+
+
 def test_dispatch_rule():
-    """Winograd for float32 convolutions of >= MIN_CHANNELS channels; F.conv2d (bitwise) else."""
+    """Winograd for float32 convolutions of >= MIN_CHANNELS channels; F.conv2d (bitwise) else,
+    and everywhere with the fast paths off."""
     n = winograd.MIN_CHANNELS
     x = torch.randn(1, n, 4, 4)
     w = torch.randn(n, n, 3, 3) * 0.05
-    assert winograd.winograd_applies(x, w)
-    assert winograd.conv3x3(x, w).is_contiguous(memory_format=torch.channels_last)
+    assert ops.conv3x3_applies(x, w)
+    assert ops.conv3x3(x, w).is_contiguous(memory_format=torch.channels_last)
     small = torch.randn(1, n - 1, 4, 4), torch.randn(n, n - 1, 3, 3)
-    assert not winograd.winograd_applies(*small)
-    assert torch.equal(winograd.conv3x3(*small), F.conv2d(*small, padding=1))
-    assert not winograd.winograd_applies(x[..., :1, :], w)  # a single row: no 2x2 tile
+    assert not ops.conv3x3_applies(*small)
+    assert torch.equal(ops.conv3x3(*small), F.conv2d(*small, padding=1))
+    assert not ops.conv3x3_applies(x[..., :1, :], w)  # a single row: no 2x2 tile
     xd, wd = x.double(), w.double()
-    assert not winograd.winograd_applies(xd, wd)
-    assert torch.equal(winograd.conv3x3(xd, wd), F.conv2d(xd, wd, padding=1))
+    assert not ops.conv3x3_applies(xd, wd)
+    assert torch.equal(ops.conv3x3(xd, wd), F.conv2d(xd, wd, padding=1))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not winograd.winograd_applies(x, w)
-        assert torch.equal(winograd.conv3x3(x, w), F.conv2d(x, w, padding=1))
+        assert not ops.conv3x3_applies(x, w)
+        assert torch.equal(ops.conv3x3(x, w), F.conv2d(x, w, padding=1))
+    with ops.fast_paths(False):
+        assert not ops.conv3x3_applies(x, w)
+        assert torch.equal(ops.conv3x3(x, w), F.conv2d(x, w, padding=1))
 
 
 @pytest.mark.parametrize("m", [2, 4])
@@ -100,17 +112,24 @@ def test_tile_size_rule(monkeypatch):
     assert winograd.tile_size(torch.empty(1, 1, 120, 40)) == 2  # the shorter side decides
 
 
+def _winograd_tiles_run(fn):
+    """fn()'s result and the tile sizes of the Winograd convolutions it ran, in order of size."""
+    before = ops.winograd_calls()
+    out = fn()
+    after = ops.winograd_calls()
+    return out, sorted(m for m in after for _ in range(after[m] - before[m]))
+
+
 @TILES
 def test_decoder_training_step_matches_direct_convolutions(f4_min_side, monkeypatch):
+    """Train mode, autograd: Winograd convolutions (fast paths) = the plain decoder (F.conv2d
+    modules, BatchNorm, ReLU), values and the gradients of the inputs and every parameter."""
     monkeypatch.setattr(winograd, "F4_MIN_SIDE", f4_min_side)
     torch.manual_seed(0)
     hidden = winograd.MIN_CHANNELS
     dec = SimpleDecoding((8, 16, 32, 32), hidden=hidden).train()
     feats = [torch.randn(2, c, s, s) for c, s in ((8, 8), (16, 4), (32, 2), (32, 2))]
     g = torch.randn(2, 2, 8, 8)
-    calls = []
-    real = winograd.winograd_conv3x3
-    monkeypatch.setattr(winograd, "winograd_conv3x3", lambda x, w: calls.append(winograd.tile_size(x)) or real(x, w))
 
     def run():
         dec.zero_grad()
@@ -119,19 +138,20 @@ def test_decoder_training_step_matches_direct_convolutions(f4_min_side, monkeypa
         out.backward(g)
         return [out.detach()] + [i.grad for i in inputs] + [p.grad.clone() for p in dec.parameters()]
 
-    fast = run()
+    fast, calls = _winograd_tiles_run(run)
     # all but conv1_4, whose 64 input channels are too few, with the tile size the test asks for
     assert calls == [4 if f4_min_side == 2 else 2] * 5
-    monkeypatch.setattr(decoder_module, "conv3x3", lambda x, w: F.conv2d(x, w, padding=1))
-    monkeypatch.setattr(decoder_module, "winograd_applies", lambda x, w: False)
-    slow = run()
+    with ops.fast_paths(False):
+        slow, calls = _winograd_tiles_run(run)
+    assert calls == []
     for a, r in zip(fast, slow):
         _close(a, r, rel=1e-5)
 
 
 @TILES
 def test_decoder_inference_matches_direct_convolutions(f4_min_side, monkeypatch):
-    """Eval mode under inference_mode: folded BatchNorm + Winograd = folded BatchNorm + F.conv2d."""
+    """Eval mode under inference_mode: folded BatchNorm + Winograd (fast paths) = the plain
+    decoder's F.conv2d, BatchNorm with running statistics and ReLU."""
     monkeypatch.setattr(winograd, "F4_MIN_SIDE", f4_min_side)
     torch.manual_seed(1)
     hidden = winograd.MIN_CHANNELS
@@ -142,13 +162,10 @@ def test_decoder_inference_matches_direct_convolutions(f4_min_side, monkeypatch)
             m.running_var.uniform_(0.5, 2.0)
     dec.eval()
     feats = [torch.randn(2, c, s, s) for c, s in ((8, 10), (16, 5), (32, 3), (32, 2))]
-    calls = []
-    real = winograd.winograd_conv3x3
-    monkeypatch.setattr(decoder_module, "winograd_conv3x3", lambda x, w: calls.append(winograd.tile_size(x)) or real(x, w))
     with torch.inference_mode():
-        fast = dec(feats)
-    assert calls == [4 if f4_min_side == 2 else 2] * 5
-    monkeypatch.setattr(decoder_module, "winograd_applies", lambda x, w: False)
-    with torch.inference_mode():
-        slow = dec(feats)
+        fast, calls = _winograd_tiles_run(lambda: dec(feats))
+        assert calls == [4 if f4_min_side == 2 else 2] * 5
+        with ops.fast_paths(False):
+            slow, calls = _winograd_tiles_run(lambda: dec(feats))
+        assert calls == []
     _close(fast, slow, rel=1e-5)

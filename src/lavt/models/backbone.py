@@ -9,7 +9,7 @@ from torch.utils.checkpoint import checkpoint
 
 from lavt.models.config import LAVTConfig
 from lavt.models.fusion import LanguageGate, build_fusion
-from lavt.models.swin import PatchEmbed, PatchMerging, SwinBlock, WindowLayout, window_layout
+from lavt.models.swin import PatchEmbed, PatchMerging, SwinBlock
 
 
 class MultiModalStage(nn.Module):
@@ -19,8 +19,6 @@ class MultiModalStage(nn.Module):
     def __init__(self, cfg: LAVTConfig, i: int, drop_path: list[float]) -> None:
         super().__init__()
         dim = cfg.stage_dims[i]
-        self.window = cfg.window_size
-        self.shift = cfg.window_size // 2
         self.use_checkpoint = cfg.use_checkpoint
         self.language_pathway = cfg.language_pathway
         self.decoder_reads_gated = cfg.decoder_features == "gated"
@@ -46,29 +44,14 @@ class MultiModalStage(nn.Module):
         self.res_gate = LanguageGate(dim, cfg.gate_activation) if has_gate else None
         last = i == cfg.num_stages - 1
         self.downsample = None if last else PatchMerging(dim, cfg.norm_eps)
-        self._layouts: dict[tuple, WindowLayout] = {}
-
-    def _layout(self, h: int, w: int, shift: int, device: torch.device) -> WindowLayout:
-        key = (h, w, shift, str(device))
-        layout = self._layouts.get(key)
-        if layout is None:
-            if len(self._layouts) >= 8:  # bounded: a predictor may see many image sizes
-                self._layouts.clear()
-            # Normal tensors even when first built under torch.inference_mode(): the same
-            # layout later serves training, where autograd saves its indices.
-            with torch.inference_mode(False):
-                layout = window_layout(h, w, self.window, shift, device)
-            self._layouts[key] = layout
-        return layout
 
     def forward_blocks(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         """The text-independent part: the Swin blocks of this stage."""
         for blk in self.blocks:
-            layout = self._layout(hw[0], hw[1], blk.shift, x.device)
             if self.use_checkpoint and x.requires_grad:
-                x = checkpoint(blk, x, layout, use_reentrant=False)
+                x = checkpoint(blk, x, hw, use_reentrant=False)
             else:
-                x = blk(x, layout)
+                x = blk(x, hw)
         return x
 
     def forward_fusion(
@@ -132,7 +115,8 @@ class MultiModalSwin(nn.Module):
     def _stream_dtype(self) -> torch.dtype:
         """The residual stream (tokens between blocks, E_i) stays in the parameters' dtype,
         float32, also under autocast (which would make it bf16 after the first matmul): 24
-        residual additions in bf16 cost more accuracy than the casts cost time."""
+        residual additions in bf16 cost more accuracy than the casts cost time. An accuracy
+        choice, not a speed kernel: both paths of `lavt.ops`'s switch keep it."""
         return self.patch_embed.norm.weight.dtype
 
     def forward_from_stem(

@@ -6,8 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lavt.models.fast import autocast_dtype, cache_allowed, folded_conv_bn, low_precision
-from lavt.models.winograd import conv3x3, winograd_applies, winograd_conv3x3
+from lavt import ops
 
 
 class SimpleDecoding(nn.Module):
@@ -15,6 +14,8 @@ class SimpleDecoding(nn.Module):
 
     Upsampling is bilinear with align_corners=True, and only when the coarser map is smaller,
     as in the official code. Module names follow the official keys (`conv1_4`, `bn1_4`, ...).
+    With the fast paths on, the convolutions follow `lavt.ops.decoder_plan` (memory layout,
+    Winograd, folded BatchNorm; see `lavt.ops.conv`).
     """
 
     def __init__(self, dims: tuple[int, ...], hidden: int, num_classes: int = 2) -> None:
@@ -35,45 +36,33 @@ class SimpleDecoding(nn.Module):
         self.conv1_1 = nn.Conv2d(hidden, num_classes, 1)
 
     @staticmethod
-    def _up_cat(x: torch.Tensor, skip: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
+    def _up_cat(x: torch.Tensor, skip: torch.Tensor, plan: ops.DecoderPlan | None) -> torch.Tensor:
         if x.shape[-2] < skip.shape[-2] or x.shape[-1] < skip.shape[-1]:
-            x = F.interpolate(x.contiguous(memory_format=fmt), size=skip.shape[-2:], mode="bilinear", align_corners=True)
-        return torch.cat([x.contiguous(memory_format=fmt), skip], dim=1)
+            if plan is not None:
+                x = ops.to_plan_format(x, plan)
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=True)
+        if plan is not None:
+            x = ops.to_plan_format(x, plan)
+        return torch.cat([x, skip], dim=1)
 
-    def _conv_bn_relu(self, x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d, channels_last: bool) -> torch.Tensor:
-        if cache_allowed(self) and not bn.training:
-            # Eval: BatchNorm folded into the convolution (cached), ReLU in place.
-            dt = autocast_dtype(x.device.type) or x.dtype
-            w, b = folded_conv_bn(conv, bn, dt, channels_last)
-            if winograd_applies(x, w):
-                return F.relu_(winograd_conv3x3(x, w).add_(b.view(1, -1, 1, 1)))
-            return F.relu_(F.conv2d(x.to(dt), w, b, conv.stride, conv.padding))
-        y = conv3x3(x, conv.weight) if conv.bias is None else conv(x)  # Winograd where it applies
-        return F.relu(bn(y), inplace=True)  # BatchNorm's backward needs its input, not its output
+    def _conv_bn_relu(self, x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d, plan: ops.DecoderPlan | None) -> torch.Tensor:
+        if plan is not None:  # fast path: Winograd / folded BatchNorm (lavt.ops.conv)
+            return ops.conv_bn_relu(self, x, conv, bn, plan)
+        return F.relu(bn(conv(x)))
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        """feats: [F1, F2, F3, F4] as (B, C_i, H_i, W_i) -> logits (B, classes, H_1, W_1).
-
-        Reduced precision (bf16/fp16, autocast or not) runs channels-last, where oneDNN's
-        bf16 convolutions are several times faster. Float32 on the CPU runs the wide 3x3
-        convolutions by Winograd (`winograd.py`: F(4x4, 3x3) on the large maps, F(2x2, 3x3) on
-        the small; the decoder's forward + backward 1.27x faster than with F(2x2) everywhere, see
-        BENCHMARKS.md), whose transforms work on channels-last maps; the rest runs channels-first.
-        """
+        """feats: [F1, F2, F3, F4] as (B, C_i, H_i, W_i) -> logits (B, classes, H_1, W_1)."""
         f1, f2, f3, f4 = feats
-        cl = low_precision(f1)
-        wino = winograd_applies(f1, self.conv2_2.weight)
-        fmt = torch.channels_last if cl or wino else torch.contiguous_format
-        x = self._up_cat(f4, f3, fmt)
-        x = self._conv_bn_relu(x, self.conv1_4, self.bn1_4, cl)
-        x = self._conv_bn_relu(x, self.conv2_4, self.bn2_4, cl)
-        x = self._up_cat(x, f2, fmt)
-        x = self._conv_bn_relu(x, self.conv1_3, self.bn1_3, cl)
-        x = self._conv_bn_relu(x, self.conv2_3, self.bn2_3, cl)
-        x = self._up_cat(x, f1, fmt)
-        x = self._conv_bn_relu(x, self.conv1_2, self.bn1_2, cl)
-        x = self._conv_bn_relu(x, self.conv2_2, self.bn2_2, cl)
-        if wino:  # the 1x1 classifier as a matmul over channels-last pixels (oneDNN's 1x1 backward is slow)
-            w = self.conv1_1.weight
-            return F.linear(x.permute(0, 2, 3, 1), w.view(w.shape[0], -1), self.conv1_1.bias).permute(0, 3, 1, 2)
+        plan = ops.decoder_plan(f1, self.conv2_2.weight) if ops.fast_paths_enabled() else None
+        x = self._up_cat(f4, f3, plan)
+        x = self._conv_bn_relu(x, self.conv1_4, self.bn1_4, plan)
+        x = self._conv_bn_relu(x, self.conv2_4, self.bn2_4, plan)
+        x = self._up_cat(x, f2, plan)
+        x = self._conv_bn_relu(x, self.conv1_3, self.bn1_3, plan)
+        x = self._conv_bn_relu(x, self.conv2_3, self.bn2_3, plan)
+        x = self._up_cat(x, f1, plan)
+        x = self._conv_bn_relu(x, self.conv1_2, self.bn1_2, plan)
+        x = self._conv_bn_relu(x, self.conv2_2, self.bn2_2, plan)
+        if plan is not None:  # fast path: the 1x1 classifier as a matmul on the Winograd plan
+            return ops.conv1x1(x, self.conv1_1, plan)
         return self.conv1_1(x)

@@ -5,6 +5,9 @@ Layout: everything works on channels-last tokens (B, HW, C). The official code s
 1x1 projections as `nn.Conv1d` on channels-first tensors; we keep `Conv1d` parameters (so the
 state_dict is the official one, key for key and shape for shape) but apply them as linear maps
 on channels-last tensors, which saves four permute copies per stage.
+
+Accuracy, not speed: under bf16/fp16 autocast PWAM's attention runs in float32
+(`PixelWordAttention._forward_reduced_precision`), on both paths of `lavt.ops`'s switch.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lavt.models.fast import Linear, autocast_dtype, cache_allowed, cached, low_precision
+from lavt import ops
 
 
 class PointwiseConv(nn.Conv1d):
@@ -22,11 +25,9 @@ class PointwiseConv(nn.Conv1d):
         super().__init__(c_in, c_out, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        dt = autocast_dtype(x.device.type)
-        if dt is None or not cache_allowed(self):
-            return F.linear(x, self.weight.squeeze(-1), self.bias)
-        w, b = cached(self, "weight", (self.weight, self.bias), lambda: (self.weight.squeeze(-1).to(dt), self.bias.to(dt)), extra=dt)
-        return F.linear(x.to(dt), w, b)
+        if ops.fast_paths_enabled():  # cached low-precision weight at inference under autocast
+            return ops.linear(self, x, self.weight.squeeze(-1), self.bias)
+        return F.linear(x, self.weight.squeeze(-1), self.bias)
 
 
 class SpatialNorm(nn.Module):
@@ -47,22 +48,15 @@ class SpatialNorm(nn.Module):
         xf = x.float()
         centered = xf - xf.mean(dim=1, keepdim=True)
         rstd = torch.rsqrt(centered.square().mean(dim=1, keepdim=True) + self.eps)
-        return centered.mul_(rstd) if not torch.is_grad_enabled() else centered * rstd
+        if ops.fast_paths_enabled() and not torch.is_grad_enabled():
+            return centered.mul_(rstd)  # in place: nothing saves `centered` for a backward
+        return centered * rstd
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "instance":
             return self.normalise(x).to(x.dtype)
         if self.kind == "layer":
             return self.ln(x)
-        return x
-
-
-class _Sequential1(nn.Sequential):
-    """`Sequential(conv, norm)` whose index-0 name reproduces official keys like `f_query.0.weight`."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        for m in self:
-            x = m(x)
         return x
 
 
@@ -79,17 +73,17 @@ class PixelWordAttention(nn.Module):
         self.heads = heads
         self.key_dim = key_dim
         self.value_dim = value_dim
-        self.f_key = _Sequential1(PointwiseConv(l_dim, key_dim))
-        self.f_query = _Sequential1(PointwiseConv(v_dim, key_dim), SpatialNorm(norm, key_dim))
-        self.f_value = _Sequential1(PointwiseConv(l_dim, value_dim))
-        self.W = _Sequential1(PointwiseConv(value_dim, value_dim), SpatialNorm(norm, value_dim))
+        self.f_key = nn.Sequential(PointwiseConv(l_dim, key_dim))
+        self.f_query = nn.Sequential(PointwiseConv(v_dim, key_dim), SpatialNorm(norm, key_dim))
+        self.f_value = nn.Sequential(PointwiseConv(l_dim, value_dim))
+        self.W = nn.Sequential(PointwiseConv(value_dim, value_dim), SpatialNorm(norm, value_dim))
 
     def forward(self, x: torch.Tensor, l: torch.Tensor, l_mask: torch.Tensor) -> torch.Tensor:
         """x: (B, HW, Cv); l: (B, N, Cl); l_mask: (B, N) 1 = word, 0 = padding. -> (B, HW, Cv)."""
         b, hw, _ = x.shape
         n = l.shape[1]
         h = self.heads
-        if low_precision(x) and isinstance(self.f_query[1], SpatialNorm) and self.f_query[1].kind == "instance":
+        if ops.low_precision(x) and isinstance(self.f_query[1], SpatialNorm) and self.f_query[1].kind == "instance":
             return self._forward_reduced_precision(x, l, l_mask)
         m = l_mask.to(l.dtype).unsqueeze(-1)  # B, N, 1
         q = self.f_query(x).view(b, hw, h, -1).transpose(1, 2)  # B, h, HW, d
@@ -101,7 +95,8 @@ class PixelWordAttention(nn.Module):
         return self.W(out)
 
     def _forward_reduced_precision(self, x: torch.Tensor, l: torch.Tensor, l_mask: torch.Tensor) -> torch.Tensor:
-        """Under bf16/fp16 autocast, the same function with its sensitive part in float32.
+        """Under bf16/fp16 autocast, the same function with its sensitive part in float32 (an
+        accuracy choice, taken on both paths of the fast-path switch).
 
         The attended output is a mix of at most N word vectors, so over the pixels it varies
         little around its mean; W and the instance norm then blow that variation up to unit
@@ -130,7 +125,7 @@ class PixelWordAttention(nn.Module):
             out = out.transpose(1, 2).reshape(b, hw, self.value_dim)
             out = out - out.mean(dim=1, keepdim=True)
         w_conv, w_norm = self.W[0], self.W[1]
-        return w_norm(w_conv(out.to(autocast_dtype(dev) or x.dtype)))
+        return w_norm(w_conv(out.to(ops.autocast_dtype(dev) or x.dtype)))
 
 
 class PWAM(nn.Module):
@@ -138,9 +133,9 @@ class PWAM(nn.Module):
 
     def __init__(self, dim: int, l_dim: int, heads: int = 1, dropout: float = 0.0, norm: str = "instance") -> None:
         super().__init__()
-        self.vis_project = _Sequential1(PointwiseConv(dim, dim), nn.GELU(), nn.Dropout(dropout))
+        self.vis_project = nn.Sequential(PointwiseConv(dim, dim), nn.GELU(), nn.Dropout(dropout))
         self.image_lang_att = PixelWordAttention(dim, l_dim, dim, dim, heads, norm)
-        self.project_mm = _Sequential1(PointwiseConv(dim, dim), nn.GELU(), nn.Dropout(dropout))
+        self.project_mm = nn.Sequential(PointwiseConv(dim, dim), nn.GELU(), nn.Dropout(dropout))
 
     def forward(self, x: torch.Tensor, l: torch.Tensor, l_mask: torch.Tensor) -> torch.Tensor:
         vis = self.vis_project(x)
@@ -157,10 +152,10 @@ class CrossAttentionFusion(nn.Module):
         super().__init__()
         self.heads = heads
         self.norm = nn.LayerNorm(dim)
-        self.q = Linear(dim, dim)
-        self.kv = Linear(l_dim, 2 * dim)
-        self.out = Linear(dim, dim)
-        self.project_mm = nn.Sequential(Linear(dim, dim), nn.GELU(), nn.Dropout(dropout))
+        self.q = ops.Linear(dim, dim)
+        self.kv = ops.Linear(l_dim, 2 * dim)
+        self.out = ops.Linear(dim, dim)
+        self.project_mm = nn.Sequential(ops.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout))
 
     def forward(self, x: torch.Tensor, l: torch.Tensor, l_mask: torch.Tensor) -> torch.Tensor:
         b, hw, c = x.shape
@@ -179,7 +174,7 @@ class LanguageGate(nn.Sequential):
 
     def __init__(self, dim: int, activation: str = "tanh") -> None:
         act = nn.Tanh() if activation == "tanh" else nn.Sigmoid()
-        super().__init__(Linear(dim, dim, bias=False), nn.ReLU(), Linear(dim, dim, bias=False), act)
+        super().__init__(ops.Linear(dim, dim, bias=False), nn.ReLU(), ops.Linear(dim, dim, bias=False), act)
 
 
 def build_fusion(kind: str, dim: int, l_dim: int, heads: int, dropout: float, norm: str) -> nn.Module:

@@ -15,11 +15,11 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from lavt import ops
 from lavt.errors import LAVTUserError
 from lavt.models.backbone import MultiModalSwin
 from lavt.models.config import LAVTConfig
 from lavt.models.decoder import SimpleDecoding
-from lavt.models.fast import clear_caches
 from lavt.models.state import load_state_strict
 from lavt.models.text_encoder import build_text_encoder, load_text_encoder, resolve_text_encoder_weights
 
@@ -44,9 +44,9 @@ class LAVT(nn.Module):
         self.text_encoder = build_text_encoder(config.text_encoder) if config.text_encoder else None
 
     def train(self, mode: bool = True) -> "LAVT":
-        """Also drops the inference caches (see `lavt.models.fast`) when entering train mode."""
+        """Also drops the inference caches (see `lavt.ops.cache`) when entering train mode."""
         if mode:
-            clear_caches(self)
+            ops.clear_caches(self)
         return super().train(mode)
 
     # ------------------------------------------------------------------ inputs
