@@ -23,15 +23,15 @@ from lavt.serve.examples import Example
 from lavt.serve.limits import RequestRejected, ServerBusy
 from lavt.serve.service import Segmentation, SegmentService
 
-TABLE_HEADERS = ["expression", "area (px)", "area (%)", "mean P", "time (ms)"]
-TABLE_NOTE = ("*mean P*: the mean probability inside the mask (the REST `score`); *time*: the one batched "
-              "forward of all the expressions together.")
+TABLE_HEADERS = ["expression", "px", "%", "mean P", "ms"]
+TABLE_NOTE = ("*px*, *%*: the mask's area; *mean P*: the mean probability inside the mask (the REST "
+              "`score`); *ms*: the one batched forward of all the expressions together.")
 API_DESCRIPTION = (
     "Segment each expression (one per line) in the image, all in one batched forward. Returns: "
     "[0] the annotated image (PNG, one colour per expression, legend underneath), "
     "[1] the same with each expression's probability map as the opacity of its colour, "
     "[2] the legend as HTML, [3] the table (expression, area in pixels, area in % of the image, "
-    "mean probability inside the mask, time of the batched forward in ms), "
+    "mean probability inside the mask, milliseconds of the batched forward), "
     "[4] the masks as PNG files at the image's size (white = object), in the order given."
 )
 CSS = """
