@@ -23,6 +23,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
@@ -141,6 +142,16 @@ def main() -> None:
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    try:
+        result = run(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     checkpoint = args.checkpoint
     if args.random_swin_b:
         checkpoint = str(random_swin_b(work, args.model_size))
@@ -181,9 +192,7 @@ def main() -> None:
         }
     finally:
         server.stop()
-    print(json.dumps(result, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
 
 if __name__ == "__main__":

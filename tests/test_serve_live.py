@@ -221,14 +221,14 @@ def _rest(url: str, image: bytes, text: str) -> tuple[int, dict]:
     return r.status_code, r.json()
 
 
-def test_load_rest_and_gradio_api(server, scene):
+def test_load_rest_and_gradio_api(server, scene, tmp_path):
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
     from gradio_client.utils import QueueError
 
     image = scene.image.read_bytes()
     text = "\n".join(scene.expressions)
-    client = Client(server.url, verbose=False)
+    client = Client(server.url, verbose=False, download_files=str(tmp_path))
     with futures.ThreadPoolExecutor(50) as pool:
         start = time.perf_counter()
         rest = [pool.submit(_rest, server.url, image, text) for _ in range(50)]

@@ -131,16 +131,37 @@ def test_page_function(service, examples, tmp_path):
     ("scene", "", "expression 1 is empty"),
     ("scene", "a\nb\nc\nd\ne", "5 expressions given, more than the server's limit of 4"),
     ("not-an-image", "the red circle", "not a readable image"),
+    ("bomb", "the red circle", "9000 x 9000 = 81.0 MP, more than the server's limit of 40 MP"),
 ])
 def test_page_errors_are_toasts(service, examples, tmp_path, image, text, message):
     from lavt.serve.page import PageHandler
+    from tests.test_serve_rest import _png_header_only
 
     path = {"scene": str(examples[0].image), None: None}.get(image)
     if image == "not-an-image":
         path = str(tmp_path / "bad.png")
         (tmp_path / "bad.png").write_bytes(b"no picture here")
+    if image == "bomb":
+        path = str(tmp_path / "bomb.png")
+        (tmp_path / "bomb.png").write_bytes(_png_header_only(9000, 9000))
     with pytest.raises(gr.Error, match=message):
         PageHandler(service, tmp_path)(path, text)
+
+
+@needs_web
+def test_large_image_preview_is_smaller_masks_are_full_size(service):
+    from lavt.serve.service import DISPLAY_SIDE
+
+    rng = np.random.default_rng(1)
+    image = Image.fromarray(rng.integers(0, 255, (1100, 1500, 3), dtype=np.uint8))
+    result = service.segment(image, "the red circle\nthe blue square", preview=True)
+    expected = service.predictor.predict(image, ["the red circle", "the blue square"])
+    assert result.preview.size == (DISPLAY_SIDE, round(1100 * DISPLAY_SIDE / 1500))
+    for mask, small, prob, pred in zip(result.masks, result.preview_masks, result.preview_probabilities, expected):
+        np.testing.assert_array_equal(mask, pred.mask)
+        assert small.shape == prob.shape == (result.preview.height, result.preview.width)
+        # The preview is the same prediction at a lower resolution.
+        assert abs(small.mean() - pred.mask.mean()) < 0.01
 
 
 @needs_web
@@ -165,3 +186,11 @@ def test_page_has_the_segment_api(service, examples, tmp_path):
     assert [c.label for c in named["segment"].inputs] == ["Image", "Expressions"]
     assert [c.label for c in named["segment"].outputs] == [
         "Result", "Result (probability)", "Legend", "Per expression", "Masks (PNG)"]
+
+    from lavt.serve.app import create_app
+
+    app = create_app(service, page)
+    assert page.max_file_size == service.limits.max_upload_bytes  # Gradio refuses larger uploads
+    mounted = [i for i, r in enumerate(app.routes) if type(r).__name__ == "Mount"]
+    rest = [i for i, r in enumerate(app.routes) if getattr(r, "path", None) == "/v1/segment"]
+    assert len(mounted) == 1 and rest and rest[0] < mounted[0]  # REST routes are matched before the page

@@ -1,7 +1,9 @@
 """`lavt serve`: bind, load the model, build the page and the REST API, serve until stopped.
 
-Gradio is kept offline: no analytics, no version check, no share link, system fonts, and its
-temporary files and example cache in a folder of this server that is removed on exit.
+Needs the `web` extra (gradio, fastapi, uvicorn); `lavt.cli.serve` checks for it before
+importing this module. Gradio is kept offline: no analytics, no version check, no share
+link, system fonts, and its temporary files and example cache in a folder of this server
+that is removed on exit.
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import uvicorn
+
 from lavt.errors import LAVTUserError
 from lavt.serve.limits import Limits
 from lavt.serve.service import SegmentService
@@ -26,7 +30,6 @@ OFFLINE_ENV = {
     "GRADIO_SSR_MODE": "False",
     "GRADIO_MCP_SERVER": "False",
     "HF_HUB_DISABLE_TELEMETRY": "1",
-    "HF_HUB_OFFLINE": "1",
 }
 
 
@@ -91,8 +94,8 @@ def serve(
 
 def build(checkpoint: str | Path | None, device: str, precision: str, concurrency: int, queue_size: int,
           limits: Limits | None, examples: int, work: Path) -> tuple[Any, SegmentService]:
-    """The model, the examples, the page and the app (gradio and fastapi imported here: the
-    `web` extra is optional, and `lavt --help` must not pay for them)."""
+    """The model, the examples shown on the page, the page and the app."""
+    # Imported here, after `serve` set the environment: Gradio reads some of it at import.
     from lavt.serve.app import create_app
     from lavt.serve.examples import make_examples
     from lavt.serve.page import build_page
@@ -108,8 +111,6 @@ def build(checkpoint: str | Path | None, device: str, precision: str, concurrenc
 
 
 async def _run(app: Any, sock: socket.socket, url: str, service: SegmentService, log_level: str) -> None:
-    import uvicorn
-
     config = uvicorn.Config(app, log_level=log_level, access_log=False, timeout_graceful_shutdown=5,
                             lifespan="on")
     server = uvicorn.Server(config)

@@ -19,9 +19,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from pycocotools import mask as mask_utils
 
+from lavt.demo.run import shipped_model_dir
 from lavt.errors import LAVTUserError
 from lavt.inference import Predictor
+from lavt.models.config import SWIN_PRESETS
+from lavt.visualize import mask_image
 from lavt.serve.limits import Gate, Limits, RequestRejected, read_image, split_expressions
 
 # The page draws at most this many pixels on the long side; masks to download stay full size.
@@ -59,8 +63,6 @@ def resolve_device(device: str) -> str:
 
 def describe_model(predictor: Predictor, checkpoint: str) -> dict[str, Any]:
     """What the page's model panel and `GET /v1/model` show."""
-    from lavt.models.config import SWIN_PRESETS
-
     cfg = predictor.model.config
     preset = next((name for name, (dim, depths, heads) in SWIN_PRESETS.items()
                    if (dim, tuple(depths), tuple(heads)) == (cfg.embed_dim, cfg.depths, cfg.num_heads)), None)
@@ -99,9 +101,7 @@ class SegmentService:
     def load(cls, checkpoint: str | Path | None = None, device: str = "auto", precision: str = "fp32",
              limits: Limits | None = None, concurrency: int = 1, queue_size: int = 32) -> "SegmentService":
         """Load `checkpoint` (anything `Predictor.from_pretrained` takes; None: the shipped demo model)."""
-        from lavt.demo import run as demo_run
-
-        source = Path(checkpoint) if checkpoint is not None else demo_run.shipped_model_dir()
+        source = Path(checkpoint) if checkpoint is not None else shipped_model_dir()
         device = resolve_device(device)
         gate = Gate(concurrency, queue_size)  # checks its arguments before the slow load
         try:
@@ -180,8 +180,6 @@ class SegmentService:
 # ---------------------------------------------------------------------- encodings
 def mask_rle(mask: np.ndarray) -> dict[str, Any]:
     """Compressed COCO RLE with `counts` as a string (pycocotools' JSON form)."""
-    from pycocotools import mask as mask_utils
-
     rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 
@@ -189,7 +187,7 @@ def mask_rle(mask: np.ndarray) -> dict[str, Any]:
 def mask_png(mask: np.ndarray) -> bytes:
     """A 1-bit PNG of the mask (white = object)."""
     buffer = io.BytesIO()
-    Image.fromarray(np.asarray(mask, dtype=bool)).save(buffer, format="PNG", optimize=True)
+    mask_image(mask).save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()
 
 
