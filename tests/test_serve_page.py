@@ -194,3 +194,13 @@ def test_page_has_the_segment_api(service, examples, tmp_path):
     mounted = [i for i, r in enumerate(app.routes) if type(r).__name__ == "Mount"]
     rest = [i for i, r in enumerate(app.routes) if getattr(r, "path", None) == "/v1/segment"]
     assert len(mounted) == 1 and rest and rest[0] < mounted[0]  # REST routes are matched before the page
+
+
+@needs_web
+def test_page_warns_when_an_expression_is_cut(service, examples, tmp_path):
+    from lavt.serve.page import PageHandler
+
+    long = "the red circle " + " ".join(["that is far to the left of all the others"] * 5)
+    with pytest.warns(UserWarning, match="expression 2 is longer than 20 tokens and was cut"):
+        outputs = PageHandler(service, tmp_path)(str(examples[0].image), f"the blue square\n{long}")
+    assert [row[0] for row in outputs[3]] == ["the blue square", long]

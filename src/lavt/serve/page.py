@@ -58,10 +58,10 @@ def model_markdown(service: SegmentService) -> str:
     info = service.info
     return (
         f"**Model:** `{info['name']}`: {info['architecture']}; {info['image_size']} px input, "
-        f"{info['parameters'] / 1e6:.1f} M parameters  \n"
+        f"{info['parameters'] / 1e6:.1f} M parameters with the text encoder  \n"
         f"**Checkpoint:** `{info['checkpoint']}`  \n"
         f"**Device:** {info['device']} · **Precision:** {info['precision']}  \n"
-        f"**Limits:** {service.limits.describe()}; longer expressions than {info['max_tokens']} tokens are cut"
+        f"**Limits:** {service.limits.describe()}; expressions longer than {info['max_tokens']} tokens are cut"
     )
 
 
