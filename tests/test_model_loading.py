@@ -102,8 +102,8 @@ def test_save_and_from_pretrained_round_trip(tmp_path):
         torch.testing.assert_close(again(image, ids, mask), model(image, ids, mask), atol=0, rtol=0)
 
 
-def test_config_json_of_earlier_versions_still_loads(tmp_path):
-    """Folders written before `extra` was dropped carry `"extra": {}`; they load unchanged,
+def test_config_json_with_an_extra_key_still_loads(tmp_path):
+    """A config.json that carries `"extra": {}` (saved model folders may) loads unchanged,
     while a really unknown key is still refused."""
     torch.manual_seed(2)
     model = LAVT(tiny_config()).eval()
