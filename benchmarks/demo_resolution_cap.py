@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from lavt.data.synthref import generate
-from lavt.demo.trainer import load_scenes
+from lavt.demo.scenes import load_scenes
 from lavt.metrics import ReferringMetrics
 
 

@@ -3,13 +3,23 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from lavt.cli import main
-from lavt.demo.run import SHIPPED_MODEL
+from lavt.data.synthref import generate
+from lavt.data.tokenization import ExpressionTokenizer, default_text_encoder_dir
+from lavt.demo.recipe import DemoRecipe
+from lavt.demo.run import SHIPPED_MODEL, run_demo
+from lavt.demo.scenes import ExpressionSampler, TextCache, load_scenes
+from lavt.demo.trainer import train_demo
+from lavt.demo.warmstart import resample_patch_embed, warm_start
 from lavt.errors import LAVTUserError
+from lavt.loading import load_model
+from lavt.models import LAVT
 
 
 def test_quick_train_writes_every_output(tmp_path, capsys):
@@ -51,10 +61,6 @@ def test_bad_demo_options(tmp_path, capsys):
 
 
 def test_kind_weights_shift_the_expression_draw():
-    import numpy as np
-
-    from lavt.demo.trainer import ExpressionSampler
-
     refs = [[("red star", "attribute"), ("leftmost star", "position"), ("star left of the ring", "relation")],
             [("blue ring", "attribute"), ("big blue ring", "attribute")]]
     rng = np.random.default_rng(0)
@@ -73,8 +79,6 @@ def test_kind_weights_shift_the_expression_draw():
 
 @pytest.mark.skipif(not (SHIPPED_MODEL / "config.json").is_file(), reason="no shipped demo model in this checkout")
 def test_shipped_model_reaches_its_goal_on_fresh_scenes(tmp_path):
-    from lavt.demo.run import run_demo
-
     size = sum(p.stat().st_size for p in SHIPPED_MODEL.iterdir())
     assert size <= 10 * 2**20
     results = run_demo(tmp_path / "demo", seed=424242, images=60)
@@ -121,10 +125,6 @@ def test_train_init_with_another_architecture_is_refused(tmp_path, capsys):
 
 
 def test_resampled_stem_sees_the_rescaled_image():
-    import torch.nn.functional as F
-
-    from lavt.demo.trainer import resample_patch_embed
-
     torch.manual_seed(0)
     image = torch.randn(2, 3, 16, 24)
     w4 = torch.randn(6, 3, 4, 4)
@@ -141,14 +141,10 @@ def test_resampled_stem_sees_the_rescaled_image():
 
 @pytest.mark.skipif(not (SHIPPED_MODEL / "config.json").is_file(), reason="no shipped demo model in this checkout")
 def test_init_with_another_patch_size_resamples_the_stem_and_positions():
-    from lavt.demo.trainer import DemoRecipe, _warm_start, resample_patch_embed
-    from lavt.loading import load_model
-    from lavt.models import LAVT
-
     shipped = load_model(SHIPPED_MODEL).model
     source = shipped.state_dict()
     model = LAVT(DemoRecipe(patch_size=2, depths=tuple(shipped.config.depths)).model_config())
-    _warm_start(model, SHIPPED_MODEL)
+    warm_start(model, SHIPPED_MODEL)
     state = model.state_dict()
     stem, ape = "backbone.patch_embed.proj.weight", "backbone.absolute_pos_embed"
     assert state[stem].shape[-1] == 2 and state[ape].shape[-1] == 2 * source[ape].shape[-1]
@@ -159,9 +155,6 @@ def test_init_with_another_patch_size_resamples_the_stem_and_positions():
 
 
 def test_training_for_a_time_budget(tmp_path):
-    from lavt.data.synthref import generate
-    from lavt.demo.trainer import DemoRecipe, load_scenes, train_demo
-
     generate(tmp_path, seed=3, num_images=8, image_size=(64, 96), split_fractions=(1.0, 0.0, 0.0, 0.0), overwrite=True)
     scenes = load_scenes(tmp_path, "train", 64)
     recipe = DemoRecipe(image_size=64, embed_dim=8, num_heads=(1, 1, 1, 1), pwam_heads=(1, 1, 1, 1), decoder_hidden=8,
@@ -186,10 +179,6 @@ def test_steps_and_minutes_together_are_refused(tmp_path, capsys):
 
 
 def test_text_cache_encodes_only_the_words():
-    from lavt.data.tokenization import ExpressionTokenizer, default_text_encoder_dir
-    from lavt.demo.trainer import DemoRecipe, TextCache
-    from lavt.models import LAVT
-
     model = LAVT(DemoRecipe(embed_dim=8, num_heads=(1, 1, 1, 1), pwam_heads=(1, 1, 1, 1), decoder_hidden=8).model_config())
     model.load_text_encoder_weights()
     model.eval()
@@ -212,15 +201,11 @@ def test_text_cache_encodes_only_the_words():
 
 @pytest.mark.skipif(not (SHIPPED_MODEL / "config.json").is_file(), reason="no shipped demo model in this checkout")
 def test_init_with_added_blocks_computes_what_the_source_did():
-    from lavt.demo.trainer import DemoRecipe, _warm_start
-    from lavt.loading import load_model
-    from lavt.models import LAVT
-
     source = load_model(SHIPPED_MODEL).model.float().eval()
     depths = list(source.config.depths)
     depths[2] += 2
     grown = LAVT(DemoRecipe(depths=tuple(depths)).model_config())
-    _warm_start(grown, SHIPPED_MODEL)
+    warm_start(grown, SHIPPED_MODEL)
     grown.eval()
     assert len(grown.backbone.layers[2].blocks) == depths[2]
     torch.manual_seed(0)

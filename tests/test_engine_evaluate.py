@@ -115,3 +115,25 @@ def test_load_model_dispatch(setup: dict[str, Path], tmp_path: Path, golden_dir:
         load_model(tmp_path)
     with pytest.raises(LAVTUserError, match="does not exist"):
         load_model(tmp_path / "missing.pth")
+
+
+def test_one_table_layout_for_evaluate_and_demo() -> None:
+    from lavt.engine.report import format_table, metrics_table
+
+    keys = ("oIoU", "mIoU", "P@0.5", "P@0.6", "P@0.7", "P@0.8", "P@0.9")
+    m = dict(zip(keys, (86.456, 86.81, 93.87, 91.92, 91.64, 89.144, 69.64)))
+    e = dict(zip(keys, (10.54, 12.27, 5.85, 5.01, 4.18, 2.51, 0.0)))
+    # the layout `lavt demo` has always printed
+    assert metrics_table([("with expression", m), ("empty expression", e)]).splitlines() == [
+        "                    oIoU    mIoU   P@0.5   P@0.6   P@0.7   P@0.8   P@0.9",
+        "with expression    86.46   86.81   93.87   91.92   91.64   89.14   69.64",
+        "empty expression   10.54   12.27    5.85    5.01    4.18    2.51    0.00",
+    ]
+    report = {"dataset": "refcoco", "split_by": "unc", "split": "val", "image_size": 480, "checkpoint": "m",
+              "counts": {"expressions": 3, "refs": 2, "images": 1}, "metrics": {"official": m, "original": e}}
+    assert format_table(report).splitlines() == [
+        "refcoco (unc) val: 3 expressions, 2 objects, 1 images; checkpoint m",
+        "protocol               oIoU    mIoU   P@0.5   P@0.6   P@0.7   P@0.8   P@0.9",
+        "official 480x480      86.46   86.81   93.87   91.92   91.64   89.14   69.64",
+        "original resolution   10.54   12.27    5.85    5.01    4.18    2.51    0.00",
+    ]

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from lavt.engine.config import TrainConfig
 from lavt.engine.losses import SegmentationLoss, dice_loss_per_sample
-from lavt.engine.optim import PolyWarmup, build_optimizer, build_scheduler, freeze_untrained_text_layers, param_groups
+from lavt.engine.optim import PolyWarmup, PolyWarmupLR, build_optimizer, build_scheduler, freeze_untrained_text_layers, param_groups
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "lavt_base_window12_keys.tsv"
 BUFFERS = ("relative_position_index", "num_batches_tracked", "running_mean", "running_var")
@@ -148,3 +148,72 @@ def test_build_optimizer_is_fused_and_takes_the_plain_adamw_step(amsgrad: bool) 
             opt.step()
     for (name, a), b in zip(model.named_parameters(), twin.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_one_schedule_for_the_official_and_the_demo_warm_up() -> None:
+    # official: linear warm-up from start_factor over warmup_steps, poly decay of it / total
+    f = PolyWarmup(50, 0.9, warmup_steps=10, start_factor=0.001)
+    for it in (0, 3, 9, 10, 49):
+        warm = 0.001 + 0.999 * it / 10 if it < 10 else 1.0
+        assert f(it) == pytest.approx(warm * (1 - it / 50) ** 0.9, rel=1e-12)
+    # the demo's warm-up min(1, (it+1)/W), with step progress and with time progress
+    for w in (1, 4, 100):
+        ramp = PolyWarmup.ramp(w, total_steps=200)
+        for it in sorted({0, 1, max(0, w - 2), w - 1, w, 150}):
+            assert ramp(it) == pytest.approx(min(1.0, (it + 1) / w) * (1 - it / 200) ** 0.9, rel=1e-12)
+            for share in (0.0, 0.37, 1.0, 1.5):
+                assert ramp.factor(it, share) == pytest.approx(min(1.0, (it + 1) / w) * max(0.0, 1 - share) ** 0.9, rel=1e-12)
+
+
+def test_scheduler_follows_progress_and_reads_old_lambda_lr_state() -> None:
+    def optimizer() -> torch.optim.Optimizer:
+        return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+
+    opt = optimizer()
+    sched = PolyWarmupLR(opt, PolyWarmup(10))
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
+    opt.step()
+    sched.step(0.75)  # e.g. three quarters of a time budget spent
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.25**0.9) and sched.last_epoch == 1
+    # checkpoints written before PolyWarmupLR hold a LambdaLR's state (lr_lambdas removed)
+    old_opt = optimizer()
+    old = torch.optim.lr_scheduler.LambdaLR(old_opt, PolyWarmup(10, warmup_steps=3))
+    for _ in range(4):
+        old_opt.step()
+        old.step()
+    state = old.state_dict()
+    state.pop("lr_lambdas")
+    new_opt = optimizer()  # as a resumed run: optimiser and schedule built, then their states loaded
+    new = PolyWarmupLR(new_opt, PolyWarmup(10, warmup_steps=3))
+    new_opt.load_state_dict(old_opt.state_dict())
+    new.load_state_dict(state)
+    assert new.last_epoch == 4 and new_opt.param_groups[0]["lr"] == old_opt.param_groups[0]["lr"]
+    for _ in range(3):
+        old_opt.step(), new_opt.step()
+        old.step(), new.step()
+        assert new_opt.param_groups[0]["lr"] == old_opt.param_groups[0]["lr"]
+    saved = new.state_dict()
+    assert "schedule" not in saved and "optimizer" not in saved  # plain values: weights_only loading
+
+
+def test_ndim_rule_decays_matrices_except_relative_positions() -> None:
+    from lavt.models import LAVT, build_config
+
+    bert = dict(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, max_position_embeddings=24)
+    model = LAVT(build_config("tiny", embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2), window_size=4, text_dim=16, text_encoder=bert))
+    model.text_encoder.requires_grad_(False)  # the demo's frozen encoder
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = param_groups(model, lr=1e-3, weight_decay=0.05, rule="ndim")
+    assert [(g["name"], g["weight_decay"], g["lr"]) for g in groups] == [("decay", 0.05, 1e-3), ("no_decay", 0.0, 1e-3)]
+    decay = [names[id(p)] for p in groups[0]["params"]]
+    no_decay = [names[id(p)] for p in groups[1]["params"]]
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert sorted(decay + no_decay) == sorted(trainable) and not any(n.startswith("text_encoder.") for n in decay + no_decay)
+    params = dict(model.named_parameters())
+    assert all(params[n].ndim >= 2 and "relative_position" not in n for n in decay)
+    assert all(params[n].ndim < 2 or "relative_position" in n for n in no_decay)
+    assert any("relative_position_bias_table" in n for n in no_decay) and any(n.endswith("norm1.weight") for n in no_decay)
+    # the official rule on the same model is another grouping
+    assert [g["name"] for g in param_groups(model, lr=1e-3)] == ["backbone_no_decay", "backbone", "decoder"]
+    with pytest.raises(ValueError, match="unknown parameter-group rule"):
+        param_groups(model, lr=1e-3, rule="all")

@@ -115,6 +115,22 @@ def test_non_finite_loss_stops_naming_the_step(env: dict[str, Path], monkeypatch
     assert ckpt_io.load_checkpoint(out / "checkpoint.pt")["epoch"] == 0
 
 
+
+def test_divergence_in_the_cli_is_one_error_line(env: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    from lavt.cli import main
+    from lavt.engine.losses import SegmentationLoss
+
+    monkeypatch.setattr(SegmentationLoss, "forward", lambda self, logits, target, normalizers=None: logits.sum() * float("inf"))
+    cfg = tiny_train_config(env["data"], env["text"], env["base"] / "nan_cli", steps_per_epoch=2, val_split=None)
+    path = env["base"] / "nan_cli.json"
+    path.write_text(json.dumps(cfg.to_dict()))
+    assert main(["train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the loss became non-finite at epoch 1, step 1 of the epoch (optimiser step 1)")
+    assert "No checkpoint had been written yet" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

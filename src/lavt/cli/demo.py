@@ -1,8 +1,23 @@
-"""`lavt demo`: segment fresh generated scenes with the shipped model, or train one from scratch."""
+"""`lavt demo`: segment fresh generated scenes with the shipped model, or train one from scratch.
+
+Parsing only: `lavt.demo.run.main` does the work (and `DemoRecipe.from_options` turns the
+training options into a recipe).
+"""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from lavt.demo.recipe import DEFAULT_MINUTES, DemoRecipe
+
+# option dest -> DemoRecipe field, for the recipe options (None: the recipe's default)
+RECIPE_OPTIONS = {
+    "batch_size": "batch_size", "lr": "lr", "warmup_steps": "warmup_steps", "curriculum": "curriculum",
+    "kind_weights": "kind_weights", "image_size": "image_size", "patch_size": "patch_size", "embed_dim": "embed_dim",
+    "depths": "depths", "num_heads": "num_heads", "window_size": "window_size", "decoder_hidden": "decoder_hidden",
+    "pwam_norm": "pwam_norm", "train_images": "train_images", "data_seed": "data_seed", "train_seed": "seed",
+    "drop_path": "drop_path_rate",
+}
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -24,35 +39,7 @@ def _kind_weights(text: str) -> dict[str, float]:
     return out
 
 
-# Architecture options: without a value they take the --init model's (from its config.json),
-# else the recipe's defaults.
-ARCHITECTURE = ("image_size", "patch_size", "embed_dim", "depths", "num_heads", "window_size", "decoder_hidden", "pwam_norm")
-
-
-def _init_architecture(folder: Path) -> dict:
-    """The architecture options of the demo model in `folder` (its config.json)."""
-    import json
-
-    from lavt.errors import LAVTUserError
-
-    path = folder / "config.json"
-    if not path.is_file():
-        raise LAVTUserError(f"--init {folder}: " + ("does not exist" if not folder.exists() else "no config.json there (not a saved model folder)"))
-    try:
-        cfg = json.loads(path.read_text())
-        return {k: tuple(cfg[k]) if isinstance(cfg[k], list) else cfg[k] for k in ARCHITECTURE}
-    except (ValueError, KeyError, TypeError) as e:
-        raise LAVTUserError(f"--init {folder}: config.json is not a LAVT demo model's ({e.__class__.__name__}: {e})") from None
-
-
-# training time of the default `lavt demo --train`: with data generation and evaluation the
-# whole run stays within 10 minutes on 2 cores
-DEFAULT_MINUTES = 8.5
-
-
 def register(sub: argparse._SubParsersAction) -> None:
-    from lavt.demo.trainer import DemoRecipe
-
     d = DemoRecipe()
     p = sub.add_parser(
         "demo",
@@ -102,32 +89,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lavt.demo.run import EVAL_SEED, run_demo, run_train
-    from lavt.demo.trainer import DemoRecipe
-    from lavt.errors import LAVTUserError
+    # imported when the command runs: the library loads torch, which `lavt --help` must not wait for
+    from lavt.demo.run import main
 
-    seed = EVAL_SEED if args.seed is None else args.seed
-    if args.images < 1:
-        raise LAVTUserError(f"--images must be positive, got {args.images}")
-    if not args.train:
-        run_demo(args.out, seed=seed, images=args.images, model=args.model, precision=args.precision)
-        return 0
-    if args.steps is not None and args.minutes is not None:
-        raise LAVTUserError("give --steps or --minutes, not both")
-    steps, minutes = args.steps, args.minutes
-    if steps is None and minutes is None:
-        minutes = DEFAULT_MINUTES
-    arch = _init_architecture(args.init) if args.init else {k: getattr(DemoRecipe, k) for k in ARCHITECTURE}
-    arch.update({k: getattr(args, k) for k in ARCHITECTURE if getattr(args, k) is not None})
-    recipe = DemoRecipe(
-        **arch, steps=DemoRecipe.steps if steps is None else steps, minutes=minutes, batch_size=args.batch_size, lr=args.lr,
-        warmup_steps=args.warmup_steps, curriculum=args.curriculum, kind_weights=args.kind_weights, precision=args.precision,
-        train_images=args.train_images, data_seed=args.data_seed, seed=args.train_seed,
-        init=str(args.init) if args.init else None, drop_path_rate=args.drop_path,
+    main(
+        args.out, train=args.train, model=args.model, seed=args.seed, images=args.images, precision=args.precision,
+        quick=args.quick, steps=args.steps, minutes=args.minutes, init=args.init,
+        recipe_options={field: getattr(args, dest) for dest, field in RECIPE_OPTIONS.items()},
     )
-    images = args.images
-    if args.quick:
-        recipe.steps, recipe.minutes, recipe.train_images, recipe.warmup_steps = 20, None, 60, 5
-        images = min(images, 10)
-    run_train(args.out, recipe, seed=seed, images=images)
     return 0

@@ -42,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported when the command runs: the library loads torch, which `lavt --help` must not wait for
     from lavt.engine.config import load_eval_config, parse_overrides
     from lavt.engine.evaluate import evaluate
     from lavt.engine.report import format_table

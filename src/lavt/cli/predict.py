@@ -22,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported when the command runs: the library loads torch, which `lavt --help` must not wait for
     from PIL import Image
 
     from lavt.errors import LAVTUserError

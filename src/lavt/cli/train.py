@@ -54,6 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported when the command runs: the library loads torch, which `lavt --help` must not wait for
     import yaml
 
     from lavt.engine.config import load_train_config, parse_overrides

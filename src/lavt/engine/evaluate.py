@@ -27,10 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from lavt.data.dataset import ReferImageGroups
+from lavt.data.tokenization import ExpressionTokenizer
 from lavt.engine.config import EvalConfig
 from lavt.engine.distributed import DistEnv, all_gather_objects, process_group
+from lavt.engine.loop import progress_bar
 from lavt.engine.samplers import ShardSampler
 from lavt.errors import LAVTUserError
+from lavt.loading import check_vocabulary, default_tokenizer, load_model
 from lavt.metrics import ReferringMetrics
 from lavt.precision import autocast
 from lavt.visualize import caption, compare, enlarge, save_png
@@ -114,9 +118,6 @@ def evaluate(config: EvalConfig, loaded: Any = None) -> EvalResult:
 
 
 def _run(config: EvalConfig, env: DistEnv, loaded: Any) -> EvalResult:
-    from lavt.data import ReferImageGroups
-    from lavt.loading import check_vocabulary, default_tokenizer, load_model
-
     t0 = time.time()
     if config.precision == "fp16" and env.device.type != "cuda":
         raise LAVTUserError("precision fp16 needs a CUDA device; use bf16 or fp32 on a CPU")
@@ -124,8 +125,6 @@ def _run(config: EvalConfig, env: DistEnv, loaded: Any) -> EvalResult:
         loaded = load_model(config.checkpoint, env.device)
     model = loaded.model.to(env.device).eval()
     if config.tokenizer:
-        from lavt.data.tokenization import ExpressionTokenizer
-
         tokenizer = ExpressionTokenizer.from_pretrained(config.tokenizer, max_tokens=model.config.max_tokens)
         check_vocabulary(model, tokenizer)
     else:
@@ -144,11 +143,7 @@ def _run(config: EvalConfig, env: DistEnv, loaded: Any) -> EvalResult:
     # them at the root, ready to be replaced. Items: (-IoU, order, record, packed mask, shape).
     worst: list[tuple] = []
     keep_preds = bool(config.overlays)
-    bar = None
-    if config.progress and env.is_main:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(loader), desc=f"{config.dataset} {config.split}", dynamic_ncols=True, leave=False)
+    bar = progress_bar(len(loader), f"{config.dataset} {config.split}", config.progress and env.is_main)
     counter = 0
     for group in loader:
         sq, og, preds = score_image_group(model, group, env.device, config.max_batch, config.precision, keep_preds)
