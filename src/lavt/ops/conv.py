@@ -4,10 +4,9 @@ dtype, device and mode, decided here once.
 - Reduced precision (bf16/fp16, autocast or not) runs channels-last, where oneDNN's bf16
   convolutions are several times faster.
 - Float32 on the CPU runs the wide 3x3 convolutions by Winograd (`winograd.py`: F(4x4, 3x3)
-  on the large maps, F(2x2, 3x3) on the small; the decoder's forward + backward 1.27x faster
-  than with F(2x2) everywhere, see BENCHMARKS.md), whose transforms work on channels-last
-  maps; then the 1x1 classifier runs as a matmul over channels-last pixels (oneDNN's 1x1
-  backward is slow there). Otherwise channels-first.
+  on the large maps, F(2x2, 3x3) on the small; the gain is in BENCHMARKS.md), whose
+  transforms work on channels-last maps; then the 1x1 classifier runs as a matmul over
+  channels-last pixels (oneDNN's 1x1 backward is slow there). Otherwise channels-first.
 - Eval mode without autograd: BatchNorm folded into the convolution (cached, `cache.py`),
   ReLU in place.
 """

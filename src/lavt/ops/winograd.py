@@ -56,9 +56,8 @@ _MATRICES = {
     ),
 }
 # F(4x4) on maps of at least this side, F(2x2) below: on small maps F(4x4)'s filter transform
-# ((m+2)^2 / 9 = 4x the weights) and its tile padding outweigh the saved multiply-adds
-# (measured, the paper's decoder at batch 2, forward + backward on 2 threads: F(4x4) everywhere
-# 2.45 s, F(2x2) on its 30x30 maps 2.38 s, F(2x2) everywhere 3.03 s).
+# ((m+2)^2 / 9 = 4x the weights) and its tile padding outweigh the saved multiply-adds (at the
+# paper's 480x480: F(4x4) on the 120x120 and 60x60 maps, F(2x2) on the 30x30; BENCHMARKS.md).
 F4_MIN_SIDE = 48
 # Bytes of the largest per-band buffer (tiles x (m+2)^2 x channels): small blocks are recycled
 # by the allocator, where blocks above glibc's mmap threshold are fresh (faulted-in) pages on
@@ -240,9 +239,7 @@ def _backward(x: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor, need_dx: 
 
 
 # Below this many input or output channels the transforms' per-op overhead outweighs the
-# saved multiply-adds (measured with F(2x2), training step of one convolution on 2 threads:
-# 96->64 channels at 32x32, batch 16: 81 ms Winograd against 55 direct; 128->128: a tie;
-# 256->256 at 60x60, batch 2: 171 against 346; the paper's 512-channel decoder: 1.6-2.3x).
+# saved multiply-adds (the demo model's 64-channel decoder is slower by Winograd; BENCHMARKS.md).
 MIN_CHANNELS = 256
 _calls = {2: 0, 4: 0}
 
