@@ -1,6 +1,6 @@
 """The fast paths compute what the plain ones do.
 
-Guards the speed and memory kernels in `lavt.ops` (window_attention.py, norm_mlp.py,
+Guards the speed and memory kernels in `lavt.ops` (shifted_windows.py, lean.py,
 cache.py): inference caches are rebuilt when weights change and never used in training, the
 memory-lean autograd functions give the exact gradients, batched and shared-stem forwards
 equal separate ones, and bfloat16 autocast stays close to float32. The switch itself and
@@ -18,10 +18,11 @@ import torch.nn.functional as F
 import lavt
 from lavt import ops
 from lavt.models import LAVT
+from lavt.models.fusion import PixelWordAttention
 from lavt.models.swin import SwinBlock, shift_mask, window_partition, window_reverse
 from lavt.ops import LayerNormLinear, LayerNormMlp, WindowAttentionFunction, window_layout
 from lavt.ops.cache import CACHE_ATTR
-from lavt.ops.window_attention import BACKWARD_CHUNK_BYTES
+from lavt.ops import shifted_windows
 from tests.conftest import tiny_config
 
 
@@ -156,7 +157,7 @@ def test_segment_expressions_equals_separate_forwards(autocast):
 
 
 # ------------------------------------------------------------------ exact gradients
-@pytest.mark.parametrize("chunk_bytes", [BACKWARD_CHUNK_BYTES, 1])
+@pytest.mark.parametrize("chunk_bytes", [shifted_windows.BACKWARD_CHUNK_BYTES, 1])
 @pytest.mark.parametrize("shift", [0, 2])
 def test_window_attention_function_gradients(shift, chunk_bytes):
     """The fused-forward / recomputing-backward window attention (tokens -> windows ->
@@ -237,6 +238,29 @@ def test_swin_block_gradients_match_plain_autograd(shift):
             torch.testing.assert_close(a, r, atol=2e-5, rtol=1e-4, msg=lambda m: f"fast={fast} {name}: {m}")
 
 
+def test_fallback_without_the_private_cpu_kernel(monkeypatch):
+    """A torch without `_scaled_dot_product_flash_attention_for_cpu`: the fast block falls back
+    to the public SDPA (training and inference) and still computes the plain block's values
+    and gradients."""
+    monkeypatch.setattr(shifted_windows, "_CPU_FLASH", None)
+    torch.manual_seed(0)
+    blk = _randomise(SwinBlock(16, 2, 4, 2)).train()
+    h, w = 6, 7
+    x = torch.randn(2, h * w, 16, requires_grad=True)
+    params = [x] + list(blk.parameters())
+    results = []
+    for fast in (True, False):
+        with ops.fast_paths(fast):
+            out = blk(x, (h, w))
+            with torch.no_grad():
+                inference = blk.eval()(x, (h, w))
+            blk.train()
+        assert "WindowAttentionFunctionBackward" not in _grad_fn_names(out)
+        results.append([out, inference, *torch.autograd.grad(out.square().sum(), params)])
+    for a, r in zip(*results):
+        torch.testing.assert_close(a, r, atol=2e-5, rtol=1e-4)
+
+
 def _grad_fn_names(t: torch.Tensor) -> set[str]:
     """The names of every node in t's autograd graph."""
     seen, todo = set(), [t.grad_fn]
@@ -314,8 +338,6 @@ def test_deepcopy_keeps_working():
 def test_pwam_reduced_precision_path_is_the_same_function():
     """The bf16 path of PixelWordAttention (float32 attention, W on the pixel-centred output)
     computes the same function: run in float32 it equals the plain path."""
-    from lavt.models.fusion import PixelWordAttention
-
     torch.manual_seed(0)
     att = _randomise(PixelWordAttention(16, 12, 16, 16, heads=2, norm="instance"))
     x, l = torch.randn(2, 30, 16) * 2 + 1, torch.randn(2, 5, 12)

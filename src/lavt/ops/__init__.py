@@ -7,9 +7,9 @@ which dtype, device and grad state is decided here.
 
 - `switch.py`: `set_fast_paths`, `fast_paths` (context manager), `fast_paths_enabled`, and
   the environment variable `LAVT_FAST_PATHS` (`0` = plain reference, `1` / unset = fast);
-- `window_attention.py`: Swin's shifted-window attention from the map's tokens by index
+- `shifted_windows.py`: Swin's shifted-window attention from the map's tokens by index
   gathers, the fused CPU attention kernel, a memory-lean recomputing backward;
-- `norm_mlp.py`: memory-lean autograd of LayerNorm -> Linear (-> GELU -> Linear);
+- `lean.py`: memory-lean autograd of LayerNorm -> Linear (-> GELU -> Linear);
 - `winograd.py`: Winograd F(2x2)/F(4x4) 3x3 convolutions (float32, CPU);
 - `conv.py`: the decoder's kernel and memory-layout plan, folded BatchNorm;
 - `cache.py`: inference caches (low-precision weights under autocast, folded BatchNorm,
@@ -18,8 +18,8 @@ which dtype, device and grad state is decided here.
 from lavt.ops.switch import ENV_VAR, fast_paths, fast_paths_enabled, set_fast_paths  # first: the others read it
 from lavt.ops.cache import Linear, autocast_dtype, cache_allowed, cached, clear_caches, linear, low_precision
 from lavt.ops.conv import DecoderPlan, conv1x1, conv_bn_relu, decoder_plan, to_plan_format
-from lavt.ops.norm_mlp import LayerNormLinear, LayerNormMlp, norm_linear, norm_mlp
-from lavt.ops.window_attention import WindowAttentionFunction, WindowLayout, window_attention, window_layout
+from lavt.ops.lean import LayerNormLinear, LayerNormMlp, norm_linear, norm_mlp
+from lavt.ops.shifted_windows import WindowAttentionFunction, WindowLayout, window_attention, window_layout
 from lavt.ops.winograd import conv3x3, conv3x3_applies, tile_size, winograd_calls, winograd_conv3x3
 
 __all__ = [

@@ -6,7 +6,7 @@ the forward would otherwise rebuild every call are cached on the module that own
 - the low-precision copy of a weight under autocast (autocast casts every weight on every
   call; for LAVT that is ~1 GB of memory traffic per forward): `Linear`, `linear`;
 - a convolution with its eval-mode BatchNorm folded in (the decoder): `folded_conv_bn`;
-- the window-attention mask, relative position bias plus shift mask (`window_attention.py`).
+- the window-attention mask, relative position bias plus shift mask (`shifted_windows.py`).
 
 An entry is keyed by the storage address and version counter of every parameter or buffer
 it was made from, so an optimiser step, `load_state_dict`, `.to()` or any in-place update
