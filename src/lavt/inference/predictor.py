@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from lavt.data.transforms import image_to_tensor
 from lavt.errors import LAVTUserError
+from lavt.loading import default_tokenizer, load_model
 from lavt.precision import PRECISIONS, autocast
 
 ImageInput = str | Path | Image.Image | np.ndarray
@@ -130,8 +132,6 @@ class Predictor:
     ) -> "Predictor":
         """A model folder (save_pretrained, `lavt convert`, `lavt demo`), a training checkpoint,
         or an official LAVT checkpoint file."""
-        from lavt.loading import default_tokenizer, load_model
-
         loaded = load_model(source, device=device)
         tokenizer = loaded.tokenizer or default_tokenizer(loaded.model)
         return cls(loaded.model, tokenizer, device=device, precision=precision)
@@ -139,8 +139,6 @@ class Predictor:
     # ------------------------------------------------------------------ pieces
     def preprocess(self, image: ImageInput) -> tuple[torch.Tensor, tuple[int, int]]:
         """-> normalised (1, 3, S, S) tensor on the device and the original (H, W)."""
-        from lavt.data.transforms import image_to_tensor
-
         pil = load_image(image)
         tensor = image_to_tensor(pil, self.image_size).unsqueeze(0).to(self.device)
         return tensor, (pil.height, pil.width)
