@@ -26,8 +26,9 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -168,7 +169,6 @@ def train_step(args: argparse.Namespace, device: torch.device, side: str, precis
 
     times = timed(step, device, args.warmup, args.train_steps)
     out = {"step_s": statistics.median(times), "steps": times, "peak_gib": peak_gib(device), "losses": losses}
-    del model, opt
     return out
 
 
@@ -222,7 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in res["inference"].items():
         mem = f"  peak {r['peak_gib']:.2f} GiB" if r["peak_gib"] is not None else ""
         ratio = f"  x{r['speedup_vs_official_fp32']:.2f}" if "speedup_vs_official_fp32" in r else ""
-        print(f"inference {name:14s} {r['images_per_s']:8.2f} img/s{ratio}{mem}  max|d| {r['max_abs_diff']:.1e}  mean|d|/std {r['mean_abs_diff_over_std']:.4f}")
+        print(
+            f"inference {name:14s} {r['images_per_s']:8.2f} img/s{ratio}{mem}  max|d| {r['max_abs_diff']:.1e}  "
+            f"mean|d|/std {r['mean_abs_diff_over_std']:.4f}"
+        )
     for name, r in res.get("train", {}).items():
         mem = f"  peak {r['peak_gib']:.2f} GiB" if r["peak_gib"] is not None else ""
         ratio = f"  x{r['speedup_vs_official_fp32']:.2f}" if "speedup_vs_official_fp32" in r else ""

@@ -48,8 +48,9 @@ import sys
 import time
 import types
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -196,7 +197,7 @@ def randomize_(module: nn.Module, seed: int, strip: str = "") -> None:
         g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(k.encode()))
         shape = t.shape
 
-        def randn(std: float) -> torch.Tensor:
+        def randn(std: float, shape: torch.Size = shape, g: torch.Generator = g) -> torch.Tensor:
             return torch.randn(shape, generator=g) * std
 
         if k.startswith(("embeddings.", "encoder.")):  # BERT
@@ -436,7 +437,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bert-layers", type=int, default=12, help="BERT-base layers (default 12; fewer for quick runs)")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds per measurement (medians)")
     p.add_argument("--train-batch", type=int, default=2)
-    p.add_argument("--train-steps", type=int, default=4, help="timed training steps after one warm-up step (default 4: single steps vary by 10-20%% on shared machines)")
+    p.add_argument(
+        "--train-steps",
+        type=int,
+        default=4,
+        help="timed training steps after one warm-up step (default 4: single steps vary by 10-20%% on shared machines)",
+    )
     p.add_argument("--expressions", type=int, default=4, help="expressions per image in the evaluation benchmark")
     p.add_argument("--images", type=int, default=1, help="images per evaluation round")
     p.add_argument("--threads", type=int, default=2)
@@ -509,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
             }
         if have_official:
             o = train["official_fp32"]
-            for name, t in train.items():
+            for t in train.values():
                 t["speedup_vs_official_fp32"] = o["step_s"] / t["step_s"]
                 t["cpu_speedup_vs_official_fp32"] = o["step_cpu_s"] / t["step_cpu_s"]
                 t["peak_rss_vs_official"] = t["peak_rss_gib"] / o["peak_rss_gib"]
@@ -544,7 +550,10 @@ def main(argv: list[str] | None = None) -> int:
 
             return run
 
-        fns = {"ours_fp32": call("ours_fp32", lambda: ours(image, ids, mask)), "ours_bf16": call("ours_bf16", lambda: ours(image, ids, mask), True)}
+        fns = {
+            "ours_fp32": call("ours_fp32", lambda: ours(image, ids, mask)),
+            "ours_bf16": call("ours_bf16", lambda: ours(image, ids, mask), True),
+        }
         if have_official:
             fns = {
                 "official_fp32": call("official_fp32", lambda: official_forward(off, bert, image, ids, mask)),
@@ -552,7 +561,9 @@ def main(argv: list[str] | None = None) -> int:
                 "official_bf16": call("official_bf16", lambda: official_forward(off, bert, image, ids, mask), True),
             }
         times, cpu_times = time_alternating(fns, args.repeats)
-        inf: dict[str, Any] = {k: {"s": med(v), "cpu_s": med(cpu_times[k]), "times": v, "cpu_times": cpu_times[k]} for k, v in times.items()}
+        inf: dict[str, Any] = {
+            k: {"s": med(v), "cpu_s": med(cpu_times[k]), "times": v, "cpu_times": cpu_times[k]} for k, v in times.items()
+        }
         with torch.inference_mode():
             ref_fn = (lambda: official_forward(off, bert, image, ids, mask)) if have_official else (lambda: ours(image, ids, mask))
             flops = count_flops(ref_fn)
@@ -588,7 +599,10 @@ def main(argv: list[str] | None = None) -> int:
                 exact = ours64(image.double(), ids, mask)
                 del ours64
         inf["fp64_reference"] = {
-            k: {"max_abs_diff": (outs[k].double() - exact).abs().max().item(), "mean_abs_diff_over_std": ((outs[k].double() - exact).abs().mean() / exact.std()).item()}
+            k: {
+                "max_abs_diff": (outs[k].double() - exact).abs().max().item(),
+                "mean_abs_diff_over_std": ((outs[k].double() - exact).abs().mean() / exact.std()).item(),
+            }
             for k in outs
         }
         res["inference"] = inf
@@ -596,7 +610,11 @@ def main(argv: list[str] | None = None) -> int:
         for k in times:
             log(
                 f"infer {k:14s} {inf[k]['s']:.3f} s (cpu {inf[k]['cpu_s']:.3f} s)  {inf[k]['gflops']:.0f} GFLOP/s  "
-                + (f"x{inf[k]['speedup_vs_official_fp32']:.2f} (cpu x{inf[k]['cpu_speedup_vs_official_fp32']:.2f})  " if have_official else "")
+                + (
+                    f"x{inf[k]['speedup_vs_official_fp32']:.2f} (cpu x{inf[k]['cpu_speedup_vs_official_fp32']:.2f})  "
+                    if have_official
+                    else ""
+                )
                 + f"max|d| {inf[k]['max_abs_diff']:.2e}  mean|d|/std {inf[k]['mean_abs_diff_over_std']:.4f}"
             )
 
@@ -643,7 +661,11 @@ def main(argv: list[str] | None = None) -> int:
         for k in times:
             log(
                 f"eval  {k:14s} {ev[k]['expr_per_s']:.3f} expr/s "
-                + (f"x{ev[k]['speedup_vs_official_fp32']:.2f} (cpu x{ev[k]['cpu_speedup_vs_official_fp32']:.2f})  " if have_official else "")
+                + (
+                    f"x{ev[k]['speedup_vs_official_fp32']:.2f} (cpu x{ev[k]['cpu_speedup_vs_official_fp32']:.2f})  "
+                    if have_official
+                    else ""
+                )
                 + f"max|d| {ev[k]['max_abs_diff']:.2e}"
             )
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-import torch
 import torch.nn.functional as F
 
 from lavt.data.synthref import generate

@@ -17,8 +17,7 @@ torch.set_num_threads(1)
 
 
 def main() -> None:
-    from engine_helpers import tiny_train_config
-
+    from helpers import tiny_train_config
     from lavt.engine.config import EvalConfig
     from lavt.engine.distributed import cleanup, init_distributed
     from lavt.engine.evaluate import evaluate
@@ -28,7 +27,9 @@ def main() -> None:
     # One process group for both calls (a gloo group cannot be re-created under torchrun).
     env = init_distributed("cpu")
     assert env.world_size == 2 and env.backend == "gloo"
-    cfg = tiny_train_config(Path(args["data_root"]), Path(args["text_dir"]), Path(args["out"]), steps_per_epoch=1, val_split=None, device="cpu")
+    cfg = tiny_train_config(
+        Path(args["data_root"]), Path(args["text_dir"]), Path(args["out"]), steps_per_epoch=1, val_split=None, device="cpu"
+    )
     train(cfg)
     print(f"rank {env.rank}: trained", flush=True)
     evaluate(

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-import data_fixture
+import helpers
 from lavt.data import ExpressionTokenizer, ReferDataset, ReferImageGroups, collate_eval, default_text_encoder_dir
 from lavt.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from lavt.errors import LAVTUserError
@@ -22,7 +22,7 @@ def tokenizer():
 
 @pytest.fixture()
 def root(tmp_path):
-    return data_fixture.build(tmp_path / "data")
+    return helpers.build_refer_dataset(tmp_path / "data")
 
 
 def _dataset(root, tokenizer, split="train", **kw):
@@ -52,7 +52,7 @@ def test_preprocessing_is_official(root, tokenizer):
     pil = Image.open(ds.refer.image_path(1)).convert("RGB").resize((24, 24), Image.Resampling.BILINEAR)
     expected = (np.asarray(pil, dtype=np.float32) / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
     np.testing.assert_allclose(item["image"].permute(1, 2, 0).numpy(), expected, atol=1e-6)
-    full = data_fixture.expected_masks()[101]["any"]
+    full = helpers.refer_expected_masks()[101]["any"]
     nearest = np.asarray(Image.fromarray(full).resize((24, 24), Image.Resampling.NEAREST))
     np.testing.assert_array_equal(item["mask"].numpy(), nearest)
 
@@ -89,7 +89,7 @@ def test_eval_items_and_collate(root, tokenizer):
     assert [it["sent_id"] for it in items] == [1, 2, 3, 4, 5]  # ref order, then sentence order
     assert [it["expression"] for it in items[:2]] == ["Man on the left", "left guy in two parts"]
     assert {it["kind"] for it in items} == {""}  # real data has no expression kinds
-    expected = data_fixture.expected_masks()
+    expected = helpers.refer_expected_masks()
     for it in items:
         ann_id = ds.refer.refs[it["ref_id"]]["ann_id"]
         assert it["orig_mask"].dtype == torch.uint8 and it["orig_mask"].shape == (30, 40)
@@ -106,7 +106,7 @@ def test_eval_items_and_collate(root, tokenizer):
 
 def test_official_mask_mode(root, tokenizer):
     ds = _dataset(root, tokenizer, mode="eval", mask_mode="official")
-    np.testing.assert_array_equal(ds[0]["orig_mask"].numpy(), data_fixture.expected_masks()[101]["official"])
+    np.testing.assert_array_equal(ds[0]["orig_mask"].numpy(), helpers.refer_expected_masks()[101]["official"])
     with pytest.raises(LAVTUserError, match="mask_mode"):
         _dataset(root, tokenizer, mask_mode="strict")
     with pytest.raises(LAVTUserError, match="mode must be"):
@@ -114,21 +114,21 @@ def test_official_mask_mode(root, tokenizer):
 
 
 def test_image_groups(tmp_path, tokenizer):
-    root = data_fixture.build(tmp_path / "d")
+    root = helpers.build_refer_dataset(tmp_path / "d")
     groups = ReferImageGroups(root, "refcoco", "unc", "test", tokenizer=tokenizer, image_size=16)
     assert len(groups) == 1 and groups.num_expressions == 4
     item = groups[0]
     assert item["image_id"] == 2 and item["ref_ids"] == [4, 4, 4, 5] and item["sent_ids"] == [8, 9, 10, 11]
     assert item["input_ids"].shape == (4, 20) and item["masks"].shape == (4, 16, 16)
     assert item["expressions"][3] == "dog at the bottom"
-    expected = data_fixture.expected_masks()
+    expected = helpers.refer_expected_masks()
     np.testing.assert_array_equal(item["orig_masks"][0].numpy(), expected[201]["any"])
     np.testing.assert_array_equal(item["orig_masks"][3].numpy(), expected[202]["any"])
     assert item["input_ids"][3].tolist() == tokenizer.encode("dog at the bottom")[0]
 
 
 def test_missing_image_is_an_error_unless_skipping(root, tokenizer):
-    path = root / data_fixture.IMAGE_DIR / "COCO_train2014_000000000001.jpg"
+    path = root / helpers.REFER_IMAGE_DIR / "COCO_train2014_000000000001.jpg"
     path.unlink()
     with pytest.raises(LAVTUserError, match=r"000000000001\.jpg .image_id 1, ref_id 1, split train. does not exist"):
         _dataset(root, tokenizer)
@@ -140,7 +140,7 @@ def test_missing_image_is_an_error_unless_skipping(root, tokenizer):
 
 
 def test_corrupt_image_skipped_and_counted(root, tokenizer):
-    path = root / data_fixture.IMAGE_DIR / "COCO_train2014_000000000002.jpg"
+    path = root / helpers.REFER_IMAGE_DIR / "COCO_train2014_000000000002.jpg"
     path.write_bytes(path.read_bytes()[:150])
     ds = _dataset(root, tokenizer, split="test", mode="eval")  # not checked up front...
     with pytest.raises(LAVTUserError, match=r"000000000002\.jpg .image_id 2. cannot be decoded"):

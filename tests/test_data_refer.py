@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-import data_fixture
+import helpers
 from lavt.cli import main
 from lavt.data.info import dataset_info
 from lavt.data.refer import Refer, decode_segmentation
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 
 @pytest.fixture()
 def root(tmp_path):
-    return data_fixture.build(tmp_path / "data")
+    return helpers.build_refer_dataset(tmp_path / "data")
 
 
 def test_index_and_fields(root):
@@ -32,7 +32,7 @@ def test_index_and_fields(root):
     assert refer.image_path(1) == root / "images/mscoco/images/train2014/COCO_train2014_000000000001.jpg"
     assert refer.load_image(2).size == (32, 48)
     assert refer.sentence_ref[3] == 1 and refer.categories[2] == "dog"
-    assert {s: c for s, c in refer.split_counts().items()} == data_fixture.COUNTS
+    assert {s: c for s, c in refer.split_counts().items()} == helpers.REFER_COUNTS
     with pytest.raises(LAVTUserError, match="split 'testC' has no refs"):
         refer.ref_ids("testC")
 
@@ -40,7 +40,7 @@ def test_index_and_fields(root):
 @pytest.mark.parametrize("mode", ["any", "official"])
 def test_masks_match_hand_drawn(root, mode):
     refer = Refer(root, "refcoco", "unc")
-    expected = data_fixture.expected_masks()
+    expected = helpers.refer_expected_masks()
     for ref_id, ref in refer.refs.items():
         mask = refer.mask(ref_id, mode)
         assert mask.dtype == np.uint8
@@ -173,7 +173,7 @@ def test_missing_and_corrupt_images(root):
 # ----------------------------------------------------------------------------- data info
 def test_info_counts_and_published_check(root):
     info = dataset_info(root, "refcoco", "unc")
-    assert {s: (i.refs, i.expressions, i.images) for s, i in info.splits.items()} == data_fixture.COUNTS
+    assert {s: (i.refs, i.expressions, i.images) for s, i in info.splits.items()} == helpers.REFER_COUNTS
     assert not info.missing_images and not info.unreadable_images
     assert len(info.warnings) == 4 and not info.ok  # the fixture is not the real RefCOCO
     assert "split train has 2 refs / 5 expressions / 1 images; published 42404 / 120624 / 16994" in info.warnings[0]
@@ -182,7 +182,7 @@ def test_info_counts_and_published_check(root):
 
 
 def test_info_without_published_sizes(tmp_path):
-    root = data_fixture.build(tmp_path / "d", dataset="mydata")
+    root = helpers.build_refer_dataset(tmp_path / "d", dataset="mydata")
     (root / "images" / "mscoco").rename(root / "images" / "other")
     info = dataset_info(root, "mydata", "unc", image_dir=root / "images/other/images/train2014")
     assert info.ok and info.published is None
@@ -190,7 +190,7 @@ def test_info_without_published_sizes(tmp_path):
 
 
 def test_info_cli_names_missing_and_unreadable_images(root, capsys):
-    image_dir = root / data_fixture.IMAGE_DIR
+    image_dir = root / helpers.REFER_IMAGE_DIR
     (image_dir / "COCO_train2014_000000000001.jpg").unlink()
     broken = image_dir / "COCO_train2014_000000000002.jpg"
     broken.write_bytes(b"not an image")

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+import helpers
 from lavt.cli import main
-import data_fixture
 from lavt.data import ExpressionTokenizer, ReferDataset, ReferImageGroups, default_text_encoder_dir
 from lavt.data.info import dataset_info
 from lavt.data.refer import Refer, decode_segmentation
@@ -365,6 +365,6 @@ def test_datasets_select_expression_kinds(synth_root, tmp_path):
     groups = ReferImageGroups(synth_root, "synthref", "unc", "val", tokenizer=tokenizer, image_size=32,
                               kinds=("attribute",))
     assert {k for i in range(len(groups)) for k in groups[i]["kinds"]} == {"attribute"}
-    fixture_root = data_fixture.build(tmp_path / "fixture")
+    fixture_root = helpers.build_refer_dataset(tmp_path / "fixture")
     with pytest.raises(LAVTUserError, match="no 'kind' field"):
         ReferDataset(fixture_root, "refcoco", "unc", "train", tokenizer=tokenizer, kinds=["relation"])

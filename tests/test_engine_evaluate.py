@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine_helpers import TINY_MODEL, TINY_TEXT, make_synth
-
+from helpers import TINY_MODEL, TINY_TEXT, make_synth
 from lavt.cli import main
 from lavt.engine.evaluate import score_image_group
-from lavt.loading import load_model
 from lavt.errors import LAVTUserError
+from lavt.loading import load_model
 from lavt.metrics import ReferringMetrics
 
 
@@ -56,7 +55,9 @@ def test_evaluate_writes_both_protocols(setup: dict[str, Path], capsys: pytest.C
     assert report["checkpoint"] == str(setup["model"]) and report["checkpoint_kind"] == "folder"
     assert (report["dataset"], report["split_by"], report["split"], report["image_size"]) == ("synthref", "unc", "val", 32)
     assert set(report["protocols"]) == set(report["metrics"]) == {"official", "original"}
-    ds = ReferImageGroups(setup["data"], "synthref", "unc", "val", tokenizer=ExpressionTokenizer.from_pretrained(default_text_encoder_dir()), image_size=32)
+    ds = ReferImageGroups(
+        setup["data"], "synthref", "unc", "val", tokenizer=ExpressionTokenizer.from_pretrained(default_text_encoder_dir()), image_size=32
+    )
     assert report["counts"]["expressions"] == ds.num_expressions > 0
     assert report["counts"]["images"] == ds.num_images and report["counts"]["refs"] == ds.num_refs
 
@@ -77,7 +78,9 @@ def test_protocols_differ_only_by_resolution(setup: dict[str, Path]) -> None:
     from lavt.data import ReferImageGroups
     from lavt.data.tokenization import ExpressionTokenizer, default_text_encoder_dir
 
-    ds = ReferImageGroups(setup["data"], "synthref", "unc", "val", tokenizer=ExpressionTokenizer.from_pretrained(default_text_encoder_dir()), image_size=32)
+    ds = ReferImageGroups(
+        setup["data"], "synthref", "unc", "val", tokenizer=ExpressionTokenizer.from_pretrained(default_text_encoder_dir()), image_size=32
+    )
     group = ds[0]
 
     class Oracle(torch.nn.Module):

@@ -36,7 +36,12 @@ def _batch(seed: int, n: int = 4) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     image = torch.randn(n, 3, 8, 8, generator=g)
     mask = (image[:, 0] > 0.3).long()  # learnable from the first channel
-    return {"image": image, "mask": mask, "input_ids": torch.zeros(n, 4, dtype=torch.long), "attention_mask": torch.ones(n, 4, dtype=torch.long)}
+    return {
+        "image": image,
+        "mask": mask,
+        "input_ids": torch.zeros(n, 4, dtype=torch.long),
+        "attention_mask": torch.ones(n, 4, dtype=torch.long),
+    }
 
 
 def _step(lr: float = 0.05, total: int = 100, warmup: int = 1, **kw) -> TrainStep:  # noqa: ANN003
@@ -109,12 +114,14 @@ def test_time_budget_stops_at_the_first_step_past_it() -> None:
 
 def test_non_finite_loss_raises_naming_the_step_before_any_update() -> None:
     step = _step()
-    step(([_batch(0)]))
+    step([_batch(0)])
     before = [p.detach().clone() for p in step.model.parameters()]
     bad = _batch(1)
     bad["image"][0, 0, 0, 0] = float("nan")
     step.advice = "Lower --lr."
-    with pytest.raises(TrainingDiverged, match=r"non-finite at optimiser step 2; the weights were not updated by that step\. Lower --lr\.") as e:
+    with pytest.raises(
+        TrainingDiverged, match=r"non-finite at optimiser step 2; the weights were not updated by that step\. Lower --lr\."
+    ) as e:
         step([bad])
     assert isinstance(e.value, LAVTUserError)  # the CLI prints one `error:` line, exit code 2
     for p, q in zip(before, step.model.parameters()):

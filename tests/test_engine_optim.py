@@ -24,7 +24,9 @@ def _official_groups() -> dict[str, list[str]]:
     model_keys = [k for part, k, _ in rows if part == "model" and not k.endswith(BUFFERS)]
     bert_keys = [k for part, k, _ in rows if part == "bert_model"]
     backbone = [k for k in model_keys if k.startswith("backbone.")]
-    no_decay = [k for k in backbone if any(s in k[len("backbone."):] for s in ("norm", "absolute_pos_embed", "relative_position_bias_table"))]
+    no_decay = [
+        k for k in backbone if any(s in k[len("backbone.") :] for s in ("norm", "absolute_pos_embed", "relative_position_bias_table"))
+    ]
     return {
         "backbone_no_decay": no_decay,
         "backbone": [k for k in backbone if k not in no_decay],
@@ -61,7 +63,9 @@ def test_switchable_text_layers_and_group_lrs() -> None:
     from lavt.models import LAVT, build_config
 
     bert = dict(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32, max_position_embeddings=24)
-    model = LAVT(build_config("tiny", embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2), window_size=4, text_dim=16, text_encoder=bert))
+    model = LAVT(
+        build_config("tiny", embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2), window_size=4, text_dim=16, text_encoder=bert)
+    )
     cfg = TrainConfig(lr=1e-4, lr_decoder=1e-3, lr_text=1e-5, text_layers_trained=None, warmup_steps=2)
     opt = build_optimizer(model, cfg)
     by_name = {g["name"]: g for g in opt.param_groups}
@@ -124,7 +128,19 @@ def test_build_optimizer_is_fused_and_takes_the_plain_adamw_step(amsgrad: bool) 
 
     bert = dict(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, max_position_embeddings=24)
     torch.manual_seed(0)
-    model = LAVT(build_config("tiny", embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2), window_size=4, text_dim=16, text_encoder=bert, image_size=32, drop_path_rate=0.0))
+    model = LAVT(
+        build_config(
+            "tiny",
+            embed_dim=8,
+            depths=(1, 1, 1, 1),
+            num_heads=(1, 1, 2, 2),
+            window_size=4,
+            text_dim=16,
+            text_encoder=bert,
+            image_size=32,
+            drop_path_rate=0.0,
+        )
+    )
     twin = LAVT(model.config)
     twin.load_state_dict(model.state_dict())
     cfg = TrainConfig(lr=1e-3, lr_decoder=2e-3, weight_decay=0.01, amsgrad=amsgrad, text_layers_trained=None)
@@ -200,7 +216,9 @@ def test_ndim_rule_decays_matrices_except_relative_positions() -> None:
     from lavt.models import LAVT, build_config
 
     bert = dict(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, max_position_embeddings=24)
-    model = LAVT(build_config("tiny", embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2), window_size=4, text_dim=16, text_encoder=bert))
+    model = LAVT(
+        build_config("tiny", embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2), window_size=4, text_dim=16, text_encoder=bert)
+    )
     model.text_encoder.requires_grad_(False)  # the demo's frozen encoder
     names = {id(p): n for n, p in model.named_parameters()}
     groups = param_groups(model, lr=1e-3, weight_decay=0.05, rule="ndim")

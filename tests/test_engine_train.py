@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine_helpers import make_synth, make_tiny_text_encoder, tiny_train_config
-
+from helpers import make_synth, make_tiny_text_encoder, tiny_train_config
 from lavt.engine import checkpoint as ckpt_io
 from lavt.engine.train import TrainingDiverged, train
 
@@ -51,7 +50,15 @@ def test_loss_falls_and_outputs_are_written(env: dict[str, Path]) -> None:
     losses = [r["loss"] for r in _records(out, "train")]
     assert len(losses) == 12 and result.global_step == 12 and result.epochs_completed == 2
     assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
-    for name in ("checkpoint.pt", "config.yaml", "curves.png", "log.jsonl", "model_best/config.json", "model_last/model.safetensors", "model_last/vocab.txt"):
+    for name in (
+        "checkpoint.pt",
+        "config.yaml",
+        "curves.png",
+        "log.jsonl",
+        "model_best/config.json",
+        "model_last/model.safetensors",
+        "model_last/vocab.txt",
+    ):
         assert (out / name).is_file(), name
     epochs = _records(out, "epoch")
     assert [e["epoch"] for e in epochs] == [1, 2] and set(epochs[0]["val"]) >= {"oIoU", "mIoU", "P@0.5", "P@0.9"}
@@ -110,7 +117,9 @@ def test_non_finite_loss_stops_naming_the_step(env: dict[str, Path], monkeypatch
 
     monkeypatch.setattr(SegmentationLoss, "forward", poisoned)
     out = env["base"] / "nan"
-    with pytest.raises(TrainingDiverged, match=r"epoch 2, step 1 of the epoch \(optimiser step 4\).*last good checkpoint is .*checkpoint\.pt"):
+    with pytest.raises(
+        TrainingDiverged, match=r"epoch 2, step 1 of the epoch \(optimiser step 4\).*last good checkpoint is .*checkpoint\.pt"
+    ):
         train(tiny_train_config(env["data"], env["text"], out, epochs=2, steps_per_epoch=3, val_split=None))
     assert ckpt_io.load_checkpoint(out / "checkpoint.pt")["epoch"] == 0
 
@@ -203,9 +212,9 @@ def test_two_processes_equal_one(env: dict[str, Path]) -> None:
             assert torch.equal(a, b), name
             continue
         g = grads1[index[name]]
-        signal = g.abs() > 1e-5 * scale
-        torch.testing.assert_close(b[signal], a[signal], rtol=0, atol=1e-6, msg=name)
-        noise = (b[~signal] - a[~signal]).abs()
+        significant = g.abs() > 1e-5 * scale
+        torch.testing.assert_close(b[significant], a[significant], rtol=0, atol=1e-6, msg=name)
+        noise = (b[~significant] - a[~significant]).abs()
         assert noise.numel() == 0 or noise.max().item() <= 2 * lr + 1e-6, name
     assert checked >= 8  # the decoder's BatchNorm layers
 
@@ -230,7 +239,11 @@ def _param_index(ckpt: dict, run: Path) -> dict[str, int]:
     model, _, _ = build_model(cfg)
     freeze_untrained_text_layers(model, cfg.text_layers_trained)
     names = {id(p): n for n, p in model.named_parameters()}
-    order = [names[id(p)] for g in param_groups(model, cfg.lr, cfg.weight_decay, text_layers_trained=cfg.text_layers_trained) for p in g["params"]]
+    order = [
+        names[id(p)]
+        for g in param_groups(model, cfg.lr, cfg.weight_decay, text_layers_trained=cfg.text_layers_trained)
+        for p in g["params"]
+    ]
     return {n: i for i, n in enumerate(order)}
 
 
@@ -247,7 +260,9 @@ def test_build_model_initialisations(env: dict[str, Path], tmp_path: Path) -> No
     swin["head.weight"] = torch.zeros(3, 3)  # a classification head is dropped
     torch.save({"model": swin}, tmp_path / "swin.pth")
 
-    model, tokenizer, notes = build_model(tiny_train_config(env["data"], env["text"], tmp_path / "run", pretrained_backbone=str(tmp_path / "swin.pth")))
+    model, tokenizer, notes = build_model(
+        tiny_train_config(env["data"], env["text"], tmp_path / "run", pretrained_backbone=str(tmp_path / "swin.pth"))
+    )
     assert torch.equal(model.backbone.patch_embed.proj.weight, swin["patch_embed.proj.weight"])
     assert notes["backbone_not_loaded"]["count"] > 0  # the PWAMs and gates are new
     from transformers import BertModel

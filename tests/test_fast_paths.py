@@ -16,49 +16,16 @@ import torch
 import torch.nn.functional as F
 
 import lavt
+from helpers import count_caches, grad_fn_names, random_inputs, randomise, tiny_config
 from lavt import ops
 from lavt.models import LAVT
 from lavt.models.fusion import PixelWordAttention
 from lavt.models.swin import SwinBlock, shift_mask, window_partition, window_reverse
-from lavt.ops import LayerNormLinear, LayerNormMlp, WindowAttentionFunction, window_layout
-from lavt.ops.cache import CACHE_ATTR
-from lavt.ops import shifted_windows
-from tests.conftest import tiny_config
-
-
-def _randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Weights at the scale of trained ones (Swin's init makes attention and gates trivial)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if not t.is_floating_point():
-                continue
-            if name.endswith("running_var"):
-                t.copy_(0.5 + torch.rand(t.shape, generator=g))
-            elif t.ndim >= 2:
-                t.copy_(torch.randn(t.shape, generator=g) * (0.5 if "bias_table" in name else t[0].numel() ** -0.5))
-            elif name.endswith("weight"):
-                t.copy_(0.5 + torch.rand(t.shape, generator=g))
-            else:
-                t.copy_(torch.randn(t.shape, generator=g) * 0.1)
-    return model
+from lavt.ops import LayerNormLinear, LayerNormMlp, WindowAttentionFunction, shifted_windows, window_layout
 
 
 def _model(**kw) -> LAVT:
-    return _randomise(LAVT(tiny_config(text_encoder=None, **kw))).eval()
-
-
-def _inputs(b=2, n=6, dim=32, h=40, w=56, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    image = torch.randn(b, 3, h, w, generator=g)
-    l = torch.randn(b, n, dim, generator=g)
-    mask = torch.ones(b, n, dtype=torch.long)
-    mask[0, 4:] = 0
-    return image, l, mask
-
-
-def _caches(model: torch.nn.Module) -> int:
-    return sum(CACHE_ATTR in m.__dict__ for m in model.modules())
+    return randomise(LAVT(tiny_config(text_encoder=None, **kw))).eval()
 
 
 def _fresh_copy(model: LAVT) -> LAVT:
@@ -74,7 +41,7 @@ def test_caches_follow_weight_updates(autocast):
     """Cached masks (relative position bias), folded BatchNorms and bf16 weight copies are
     rebuilt after in-place weight changes: the result equals a fresh model's."""
     model = _model()
-    image, l, mask = _inputs()
+    image, l, mask = random_inputs()
     ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if autocast else contextlib.nullcontext
 
     def run(m):
@@ -82,7 +49,7 @@ def test_caches_follow_weight_updates(autocast):
             return m(image, text_features=l, text_mask=mask).float()
 
     first = run(model)
-    assert _caches(model) > 0
+    assert count_caches(model) > 0
     torch.testing.assert_close(run(model), first, atol=0, rtol=0)  # cache hit: identical
     with torch.no_grad():
         model.backbone.layers[1].blocks[1].attn.relative_position_bias_table.mul_(-1.5)
@@ -95,8 +62,8 @@ def test_caches_follow_weight_updates(autocast):
 
 
 def test_load_state_dict_invalidates_caches():
-    model, other = _model(), _randomise(LAVT(tiny_config(text_encoder=None)), seed=1).eval()
-    image, l, mask = _inputs()
+    model, other = _model(), randomise(LAVT(tiny_config(text_encoder=None)), seed=1).eval()
+    image, l, mask = random_inputs()
     with torch.inference_mode():
         model(image, text_features=l, text_mask=mask)
         model.load_state_dict(other.state_dict())
@@ -107,24 +74,24 @@ def test_load_state_dict_invalidates_caches():
 
 def test_no_caches_in_training_or_with_autograd():
     model = _model()
-    image, l, mask = _inputs()
+    image, l, mask = random_inputs()
     with torch.inference_mode():
         model(image, text_features=l, text_mask=mask)
-    assert _caches(model) > 0
+    assert count_caches(model) > 0
     model.train()
-    assert _caches(model) == 0  # train() drops them
+    assert count_caches(model) == 0  # train() drops them
     model(image, text_features=l, text_mask=mask).sum().backward()
-    assert _caches(model) == 0
+    assert count_caches(model) == 0
     model.eval()
     model(image, text_features=l, text_mask=mask)  # eval, autograd on: nothing cached either
-    assert _caches(model) == 0
+    assert count_caches(model) == 0
 
 
 def test_eval_fast_path_equals_train_path_without_randomness():
     """Eval (folded BatchNorm, cached masks) and the autograd path agree when BatchNorm uses its
     running statistics and no dropout/drop-path is drawn."""
     model = _model(drop_path_rate=0.0)
-    image, l, mask = _inputs()
+    image, l, mask = random_inputs()
     with torch.inference_mode():
         fast = model(image, text_features=l, text_mask=mask)
     slow = model(image, text_features=l, text_mask=mask)  # eval mode, autograd recording
@@ -136,7 +103,7 @@ def test_eval_fast_path_equals_train_path_without_randomness():
 def test_batched_forward_equals_separate_forwards():
     """Shifted windows run one fused-attention call per image when batched: same results."""
     model = _model()
-    image, l, mask = _inputs(b=3)
+    image, l, mask = random_inputs(b=3)
     with torch.inference_mode():
         together = model(image, text_features=l, text_mask=mask)
         apart = torch.cat([model(image[i : i + 1], text_features=l[i : i + 1], text_mask=mask[i : i + 1]) for i in range(3)])
@@ -146,7 +113,7 @@ def test_batched_forward_equals_separate_forwards():
 @pytest.mark.parametrize("autocast", [False, True])
 def test_segment_expressions_equals_separate_forwards(autocast):
     model = _model()
-    image, l, mask = _inputs(b=3)
+    image, l, mask = random_inputs(b=3)
     image = image[:1]
     ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if autocast else contextlib.nullcontext
     with torch.inference_mode(), ctx():
@@ -218,7 +185,7 @@ def test_swin_block_gradients_match_plain_autograd(shift):
     the gradients of the input and of every parameter, on a padded map, batch 2; the block's
     plain path (the switch off) against the same written-out reference."""
     torch.manual_seed(0)
-    blk = _randomise(SwinBlock(16, 2, 4, shift)).train()
+    blk = randomise(SwinBlock(16, 2, 4, shift)).train()
     h, w = 6, 7
     x = torch.randn(2, h * w, 16, requires_grad=True)
     ref = _reference_block(blk, x, h, w)
@@ -229,13 +196,13 @@ def test_swin_block_gradients_match_plain_autograd(shift):
     for fast in (True, False):
         with ops.fast_paths(fast):
             out = blk(x, (h, w))
-        grad_fns = _grad_fn_names(out)
+        grad_fns = grad_fn_names(out)
         assert any("WindowAttentionFunction" in n for n in grad_fns) == fast
         assert any("LayerNormMlp" in n for n in grad_fns) == fast
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
         grads = torch.autograd.grad(out, params, gout)
         for name, a, r in zip(names, grads, refs):
-            torch.testing.assert_close(a, r, atol=2e-5, rtol=1e-4, msg=lambda m: f"fast={fast} {name}: {m}")
+            torch.testing.assert_close(a, r, atol=2e-5, rtol=1e-4, msg=lambda m: f"fast={fast} {name}: {m}")  # noqa: B023 (called at once)
 
 
 def test_fallback_without_the_private_cpu_kernel(monkeypatch):
@@ -244,7 +211,7 @@ def test_fallback_without_the_private_cpu_kernel(monkeypatch):
     and gradients."""
     monkeypatch.setattr(shifted_windows, "_CPU_FLASH", None)
     torch.manual_seed(0)
-    blk = _randomise(SwinBlock(16, 2, 4, 2)).train()
+    blk = randomise(SwinBlock(16, 2, 4, 2)).train()
     h, w = 6, 7
     x = torch.randn(2, h * w, 16, requires_grad=True)
     params = [x] + list(blk.parameters())
@@ -255,26 +222,14 @@ def test_fallback_without_the_private_cpu_kernel(monkeypatch):
             with torch.no_grad():
                 inference = blk.eval()(x, (h, w))
             blk.train()
-        assert "WindowAttentionFunctionBackward" not in _grad_fn_names(out)
+        assert "WindowAttentionFunctionBackward" not in grad_fn_names(out)
         results.append([out, inference, *torch.autograd.grad(out.square().sum(), params)])
     for a, r in zip(*results):
         torch.testing.assert_close(a, r, atol=2e-5, rtol=1e-4)
 
 
-def _grad_fn_names(t: torch.Tensor) -> set[str]:
-    """The names of every node in t's autograd graph."""
-    seen, todo = set(), [t.grad_fn]
-    while todo:
-        fn = todo.pop()
-        if fn is None or fn in seen:
-            continue
-        seen.add(fn)
-        todo.extend(f for f, _ in fn.next_functions)
-    return {type(fn).__name__ for fn in seen}
-
-
 def test_activation_checkpointing_same_gradients():
-    image, l, mask = _inputs()
+    image, l, mask = random_inputs()
     grads = []
     for ckpt in (False, True):
         model = _model(use_checkpoint=ckpt, drop_path_rate=0.0)
@@ -283,12 +238,12 @@ def test_activation_checkpointing_same_gradients():
         grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
-        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-5, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-5, msg=lambda m: f"{name}: {m}")  # noqa: B023 (called at once)
 
 
 def test_bf16_autocast_training_step():
     """A bf16 autocast step gives float32 gradients close to the float32 step's."""
-    image, l, mask = _inputs()
+    image, l, mask = random_inputs()
     grads = {}
     for prec in ("fp32", "bf16"):
         model = _model(drop_path_rate=0.0)
@@ -324,7 +279,7 @@ def test_bf16_autocast_close_to_official(golden_dir, name):
 
 def test_deepcopy_keeps_working():
     model = _model()
-    image, l, mask = _inputs()
+    image, l, mask = random_inputs()
     with torch.inference_mode():
         a = model(image, text_features=l, text_mask=mask)
         twin = copy.deepcopy(model)
@@ -339,7 +294,7 @@ def test_pwam_reduced_precision_path_is_the_same_function():
     """The bf16 path of PixelWordAttention (float32 attention, W on the pixel-centred output)
     computes the same function: run in float32 it equals the plain path."""
     torch.manual_seed(0)
-    att = _randomise(PixelWordAttention(16, 12, 16, 16, heads=2, norm="instance"))
+    att = randomise(PixelWordAttention(16, 12, 16, 16, heads=2, norm="instance"))
     x, l = torch.randn(2, 30, 16) * 2 + 1, torch.randn(2, 5, 12)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
     with torch.no_grad():

@@ -1,15 +1,12 @@
 """ReferringMetrics against the numbers the official test.py printed (golden/metrics.pt)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
+from helpers import GOLDEN
 from lavt.metrics import ReferringMetrics, intersection_union
-
-GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
 
 
 @pytest.fixture(scope="module")

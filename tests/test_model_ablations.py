@@ -4,17 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import random_inputs, tiny_config
 from lavt.models import LAVT
-from tests.conftest import tiny_config
-
-
-def _inputs(b=2, n=6, dim=32, h=40, w=56, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    image = torch.randn(b, 3, h, w, generator=g)
-    l = torch.randn(b, n, dim, generator=g)
-    mask = torch.ones(b, n, dtype=torch.long)
-    mask[0, 4:] = 0
-    return image, l, mask
 
 
 def _model(**kw):
@@ -46,7 +37,7 @@ def _stage_inputs(model, image, l, mask):
 
 def test_padding_words_are_ignored():
     model = _model()
-    image, l, mask = _inputs()
+    image, l, mask = random_inputs()
     l2 = l.clone()
     l2[0, 4:] += 5.0  # padding positions of sample 0
     with torch.no_grad():
@@ -61,7 +52,7 @@ def test_padding_words_are_ignored():
 
 
 def test_language_pathway_off_makes_visual_stream_text_independent():
-    image, l, mask = _inputs()
+    image, l, mask = random_inputs()
     other = torch.randn_like(l)
     on = _model()
     off = _model(language_pathway=False)
@@ -77,7 +68,7 @@ def test_language_pathway_off_makes_visual_stream_text_independent():
 
 
 def test_pwam_stage_switch_removes_fusion_at_that_stage():
-    image, l, mask = _inputs()
+    image, l, mask = random_inputs()
     model = _model(pwam_stages=(False, True, True, True))
     assert model.backbone.layers[0].fusion is None and model.backbone.layers[0].res_gate is None
     assert not any(k.startswith("backbone.layers.0.fusion") for k in model.state_dict())
@@ -90,7 +81,7 @@ def test_pwam_stage_switch_removes_fusion_at_that_stage():
 @pytest.mark.parametrize("act", ["tanh", "sigmoid", "none"])
 def test_gate_activation(act):
     model = _model(gate_activation=act)
-    image, l, mask = _inputs()
+    image, l, mask = random_inputs()
     layer = model.backbone.layers[0]
     got = {}
     layer.fusion.register_forward_hook(lambda m, a, out: got.__setitem__("f", out))
@@ -115,7 +106,7 @@ def test_gate_activation(act):
 @pytest.mark.parametrize("norm", ["instance", "layer", "none"])
 def test_pwam_norm(norm):
     model = _model(pwam_norm=norm)
-    image, l, mask = _inputs()
+    image, l, mask = random_inputs()
     got = {}
     model.backbone.layers[0].fusion.image_lang_att.f_query.register_forward_hook(lambda m, a, out: got.__setitem__("q", out))
     with torch.no_grad():
@@ -135,7 +126,7 @@ def test_pwam_norm(norm):
 
 
 def test_decoder_features_gated_reads_E():
-    image, l, mask = _inputs()
+    image, l, mask = random_inputs()
     f_model = _model()
     e_model = _model(decoder_features="gated")
     e_model.load_state_dict(f_model.state_dict())
@@ -155,7 +146,7 @@ def test_cross_attention_fusion_alternative():
     from lavt.models.fusion import CrossAttentionFusion
 
     assert all(isinstance(layer.fusion, CrossAttentionFusion) for layer in model.backbone.layers)
-    image, l, mask = _inputs()
+    image, l, mask = random_inputs()
     l2 = l.clone()
     l2[0, 4:] += 5.0
     with torch.no_grad():
@@ -168,7 +159,7 @@ def test_cross_attention_fusion_alternative():
 
 
 def test_pwam_heads_change_the_attention():
-    image, l, mask = _inputs()
+    image, l, mask = random_inputs()
     one = _model(pwam_heads=(1, 1, 1, 1))
     many = _model(pwam_heads=(2, 2, 4, 4))
     many.load_state_dict(one.state_dict())  # same weights, only the head split differs

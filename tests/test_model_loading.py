@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import lavt
+from helpers import SHARED, tiny_config
 from lavt.errors import LAVTUserError
 from lavt.models import LAVT, build_config, load_state_strict, load_swin_pretrained
-from tests.conftest import SHARED, tiny_config
 
 
 def _reference_parts():
@@ -166,7 +166,11 @@ def test_swin_initialisation_from_microsoft_checkpoint(tmp_path):
     """A classification-Swin checkpoint (window 7, head, final norm, attn_mask buffers) initialises
     the backbone of a window-4 model: tables resized, the rest reported."""
     src = LAVT(tiny_config(window_size=7, text_encoder=None))
-    swin = {k[len("backbone."):]: v for k, v in src.state_dict().items() if k.startswith("backbone.") and ".fusion." not in k and "res_gate" not in k and not k.startswith("backbone.norm")}
+    swin = {
+        k[len("backbone.") :]: v
+        for k, v in src.state_dict().items()
+        if k.startswith("backbone.") and ".fusion." not in k and "res_gate" not in k and not k.startswith("backbone.norm")
+    }
     swin["head.weight"] = torch.zeros(10, 64)
     swin["norm.weight"] = torch.ones(64)
     swin["layers.0.blocks.1.attn_mask"] = torch.zeros(4, 49, 49)

@@ -7,20 +7,16 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import REPO, count_caches, grad_fn_names, random_inputs, randomise, tiny_config
 from lavt import ops
 from lavt.errors import LAVTUserError
 from lavt.models import LAVT
-from lavt.ops.cache import CACHE_ATTR
-from tests.conftest import tiny_config
-from tests.test_fast_paths import _grad_fn_names, _inputs, _randomise
 
-REPO = Path(__file__).resolve().parents[1]
 # Autograd nodes of the custom Functions of lavt.ops: present on the fast path only.
 FAST_NODES = ("WindowAttentionFunctionBackward", "LayerNormLinearBackward", "LayerNormMlpBackward", "_Winograd3x3Backward")
 
@@ -29,15 +25,11 @@ def _model(dtype: torch.dtype = torch.float32, seed: int = 0) -> LAVT:
     """The tiny LAVT (every stage padded and shifted at 40x56) with a 256-channel decoder, so
     that the decoder's Winograd path applies."""
     cfg = tiny_config(text_encoder=None, decoder_hidden=ops.winograd.MIN_CHANNELS, drop_path_rate=0.0)
-    return _randomise(LAVT(cfg), seed=seed).to(dtype).eval()
+    return randomise(LAVT(cfg), seed=seed).to(dtype).eval()
 
 
 def _cast_inputs(dtype: torch.dtype):
-    return tuple(t.to(dtype) if t.is_floating_point() else t for t in _inputs())
-
-
-def _caches(model: torch.nn.Module) -> int:
-    return sum(CACHE_ATTR in m.__dict__ for m in model.modules())
+    return tuple(t.to(dtype) if t.is_floating_point() else t for t in random_inputs())
 
 
 def _winograd_count() -> int:
@@ -104,16 +96,16 @@ def test_environment_variable_zero_runs_the_plain_path(tmp_path):
         import torch
         torch.set_num_threads({torch.get_num_threads()})
         from lavt import ops
-        from tests.test_ops_switch import FAST_NODES, _cast_inputs, _caches, _model, _winograd_count
-        from tests.test_fast_paths import _grad_fn_names
+        from tests.test_ops_switch import FAST_NODES, _cast_inputs, count_caches, _model, _winograd_count
+        from tests.test_fast_paths import grad_fn_names
         assert ops.fast_paths_enabled() is False
         model = _model()
         image, l, mask = _cast_inputs(torch.float32)
         with torch.inference_mode():
             logits = model(image, text_features=l, text_mask=mask)
-        assert _caches(model) == 0 and _winograd_count() == 0
+        assert count_caches(model) == 0 and _winograd_count() == 0
         model.train()
-        names = _grad_fn_names(model(image, text_features=l, text_mask=mask))
+        names = grad_fn_names(model(image, text_features=l, text_mask=mask))
         assert not names & set(FAST_NODES), names & set(FAST_NODES)
         assert _winograd_count() == 0
         torch.save(logits, {str(out)!r})
@@ -170,7 +162,7 @@ def _run(model: LAVT, fast: bool, inputs, train: bool, bf16: bool = False):
                 return model(image, text_features=l, text_mask=mask), None, None, _winograd_count() - before
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             out = model(image, text_features=l, text_mask=mask)
-        names = _grad_fn_names(out)
+        names = grad_fn_names(out)
         out.square().mean().backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return out.detach(), grads, names, _winograd_count() - before
@@ -185,17 +177,17 @@ def test_fast_equals_plain_inference_float32():
     model = _model()
     inputs = _cast_inputs(torch.float32)
     fast, _, _, wino_fast = _run(model, True, inputs, train=False)
-    assert _caches(model) > 0
+    assert count_caches(model) > 0
     assert wino_fast == 5  # every decoder 3x3 convolution but conv1_4 (96 input channels)
     fresh = _model()
     plain, _, _, wino_plain = _run(fresh, False, inputs, train=False)
-    assert _caches(fresh) == 0 and wino_plain == 0
+    assert count_caches(fresh) == 0 and wino_plain == 0
     _close_to_scale(fast, plain, 1e-5)
     # eval mode with autograd recording: the fast kernels of training, BatchNorm's running stats
     image, l, mask = inputs
     with ops.fast_paths(True):
         recorded = model(image, text_features=l, text_mask=mask)
-    assert "WindowAttentionFunctionBackward" in _grad_fn_names(recorded)
+    assert "WindowAttentionFunctionBackward" in grad_fn_names(recorded)
     _close_to_scale(recorded.detach(), plain, 1e-5)
 
 

@@ -1,18 +1,16 @@
 """Predictor and `lavt predict`: any image in, masks at the original size out, clear errors."""
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from helpers import tiny_config
 from lavt.data.tokenization import ExpressionTokenizer, default_text_encoder_dir
 from lavt.errors import LAVTUserError
 from lavt.inference import Predictor, load_image
 from lavt.models import LAVT
-from tests.conftest import tiny_config
 
 
 @pytest.fixture(scope="module")

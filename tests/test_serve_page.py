@@ -134,8 +134,9 @@ def test_page_function(service, examples, tmp_path):
     ("bomb", "the red circle", "9000 x 9000 = 81.0 MP, more than the server's limit of 40 MP"),
 ])
 def test_page_errors_are_toasts(service, examples, tmp_path, image, text, message):
-    from lavt.serve.page import PageHandler
     from tests.test_serve_rest import _png_header_only
+
+    from lavt.serve.page import PageHandler
 
     path = {"scene": str(examples[0].image), None: None}.get(image)
     if image == "not-an-image":

@@ -94,7 +94,7 @@ def test_float64_agrees_to_float64_rounding():
     g = torch.randn(1, 5, 9, 10, generator=gen, dtype=torch.float64)
     ref = _grads(lambda a, k: F.conv2d(a, k, padding=1), x, w, g)
     for m in (2, 4):
-        for a, r in zip(_grads(lambda a, k: winograd.winograd_conv3x3(a, k, m), x, w, g), ref):
+        for a, r in zip(_grads(lambda a, k: winograd.winograd_conv3x3(a, k, m), x, w, g), ref):  # noqa: B023
             assert (a - r).abs().max().item() <= 1e-12 * r.abs().max().item()
 
 

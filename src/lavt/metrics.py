@@ -119,7 +119,7 @@ class ReferringMetrics:
         self.correct = [int(round(c)) for c in state[4:]]
         self._ious = []
 
-    def merge(self, other: "ReferringMetrics") -> None:
+    def merge(self, other: ReferringMetrics) -> None:
         """Add another accumulator's expressions to this one."""
         if other.thresholds != self.thresholds:
             raise ValueError("cannot merge metrics with different thresholds")

@@ -7,8 +7,8 @@ Images are PIL RGB images; masks are bool numpy arrays of the image's (H, W).
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter

@@ -30,8 +30,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("checkpoint", type=Path, help="official .pth file")
     p.add_argument("out_dir", type=Path, help="folder to write")
-    p.add_argument("--pwam-heads", default=None, help="PWAM heads per stage, e.g. 1-1-1-1 (default: the checkpoint's args.mha, else 1-1-1-1)")
-    p.add_argument("--vocab", type=Path, default=None, help="BERT uncased vocab.txt (default: the packaged one, identical to bert-base-uncased's)")
+    p.add_argument(
+        "--pwam-heads", default=None, help="PWAM heads per stage, e.g. 1-1-1-1 (default: the checkpoint's args.mha, else 1-1-1-1)"
+    )
+    p.add_argument(
+        "--vocab", type=Path, default=None, help="BERT uncased vocab.txt (default: the packaged one, identical to bert-base-uncased's)"
+    )
     p.add_argument("--image-size", type=int, default=480, help="input side the model was trained at (official: 480)")
     p.set_defaults(func=run)
 

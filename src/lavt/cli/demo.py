@@ -63,15 +63,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--batch-size", type=int, default=d.batch_size)
     g.add_argument("--lr", type=float, default=d.lr)
     g.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
-    g.add_argument("--curriculum", type=float, default=d.curriculum, help="share of the run (steps or minutes) on attribute expressions only")
+    g.add_argument(
+        "--curriculum", type=float, default=d.curriculum, help="share of the run (steps or minutes) on attribute expressions only"
+    )
     g.add_argument("--kind-weights", type=_kind_weights, default={},
                    help="sampling weight per expression kind after the curriculum, e.g. relation=2 (others weigh 1; "
                    "default: every expression of an object equally likely)")
     g.add_argument("--image-size", type=int, default=None, help=f"default: the --init model's, else {d.image_size}")
-    g.add_argument("--patch-size", type=int, default=None,
-                   help=f"stem stride: the mask comes out at 1/patch resolution (default: the --init model's, else {d.patch_size})")
+    g.add_argument(
+        "--patch-size",
+        type=int,
+        default=None,
+        help=f"stem stride: the mask comes out at 1/patch resolution (default: the --init model's, else {d.patch_size})",
+    )
     g.add_argument("--embed-dim", type=int, default=None, help=f"default: the --init model's, else {d.embed_dim}")
-    g.add_argument("--depths", type=_ints, default=None, help=f"blocks per stage (default: the --init model's, else {','.join(map(str, d.depths))})")
+    g.add_argument(
+        "--depths", type=_ints, default=None, help=f"blocks per stage (default: the --init model's, else {','.join(map(str, d.depths))})"
+    )
     g.add_argument("--num-heads", type=_ints, default=None, help=f"default: the --init model's, else {','.join(map(str, d.num_heads))}")
     g.add_argument("--window-size", type=int, default=None, help=f"default: the --init model's, else {d.window_size}")
     g.add_argument("--decoder-hidden", type=int, default=None, help=f"default: the --init model's, else {d.decoder_hidden}")

@@ -18,8 +18,9 @@ attribute, position or relation), for curricula and per-kind scores.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch

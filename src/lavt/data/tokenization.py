@@ -122,7 +122,7 @@ class ExpressionTokenizer:
         (folder / CONFIG_NAME).write_text(json.dumps(self.config(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, max_tokens: int | None = None) -> "ExpressionTokenizer":
+    def from_pretrained(cls, folder: str | Path, max_tokens: int | None = None) -> ExpressionTokenizer:
         """Load from a folder with vocab.txt and optionally tokenizer_config.json.
 
         Works on our own saved folders and on Hugging Face BERT folders (bert-base-uncased,

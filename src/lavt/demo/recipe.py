@@ -75,7 +75,7 @@ class DemoRecipe:
         quick: bool = False,
         init: str | Path | None = None,
         **options: Any,
-    ) -> "DemoRecipe":
+    ) -> DemoRecipe:
         """The recipe of `lavt demo --train`. `options` are recipe fields, None meaning the
         default: for the architecture fields the `init` model's own (its config.json), else
         the recipe's. Neither `steps` nor `minutes`: a budget of DEFAULT_MINUTES; `quick`:
@@ -153,7 +153,9 @@ def init_architecture(folder: Path) -> dict[str, Any]:
     """The architecture options of the demo model in `folder` (its config.json)."""
     path = folder / "config.json"
     if not path.is_file():
-        raise LAVTUserError(f"--init {folder}: " + ("does not exist" if not folder.exists() else "no config.json there (not a saved model folder)"))
+        raise LAVTUserError(
+            f"--init {folder}: " + ("does not exist" if not folder.exists() else "no config.json there (not a saved model folder)")
+        )
     try:
         cfg = json.loads(path.read_text())
         return {k: tuple(cfg[k]) if isinstance(cfg[k], list) else cfg[k] for k in ARCHITECTURE}

@@ -90,7 +90,8 @@ def run_demo(out: Path, seed: int = EVAL_SEED, images: int = 120, model: Path | 
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(report(results))
     print(f"\nwrote {out / 'results.json'}, {len(results['overlays'])} overlays in {out / 'overlays'}, model in {target}")
-    print(f'try: lavt predict --checkpoint {target} {results["overlays"][0] if results["overlays"] else "IMAGE"} "the red circle" --out {out / "predictions"}')
+    example = results["overlays"][0] if results["overlays"] else "IMAGE"
+    print(f'try: lavt predict --checkpoint {target} {example} "the red circle" --out {out / "predictions"}')
     return results
 
 
@@ -110,7 +111,9 @@ def run_train(out: Path, recipe: DemoRecipe, seed: int = EVAL_SEED, images: int 
         shutil.rmtree(model_dir)
     # float16 storage: the shipped model must stay under 10 MB; outputs change by ~1e-3 at most
     result.model.save_pretrained(model_dir, tokenizer=result.tokenizer, dtype=torch.float16)
-    (model_dir / "training.json").write_text(json.dumps({"recipe": recipe.to_dict(), "steps_done": result.steps, "train_seconds": round(result.seconds, 1)}, indent=2) + "\n")
+    (model_dir / "training.json").write_text(
+        json.dumps({"recipe": recipe.to_dict(), "steps_done": result.steps, "train_seconds": round(result.seconds, 1)}, indent=2) + "\n"
+    )
     h = result.history
     curve = plot_training(out / "training_curve.png", [r["step"] for r in h], [r["loss"] for r in h],
                           lrs=[r["lr"] for r in h], loss_label="CE + Dice", title="demo training")

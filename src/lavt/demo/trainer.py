@@ -11,9 +11,10 @@ loss, clipping, schedule and non-finite check); the recipe brings what is its ow
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch

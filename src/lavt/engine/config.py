@@ -246,7 +246,9 @@ def check_data_root(data_root: str | None, dataset: str) -> None:
         raise LAVTUserError("no data root given: pass --data-root (the folder that holds <dataset>/refs(...).p and images/)")
     root = Path(data_root)
     if not root.is_dir():
-        raise LAVTUserError(f"data root {root} does not exist; generate a dataset with `lavt data synth` or point --data-root at a refer folder")
+        raise LAVTUserError(
+            f"data root {root} does not exist; generate a dataset with `lavt data synth` or point --data-root at a refer folder"
+        )
     if not (root / dataset).is_dir():
         found = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != "images")
         raise LAVTUserError(f"data root {root} has no dataset folder {dataset!r} (found: {found or 'none'}); check --dataset")

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -213,7 +214,7 @@ def run_steps(
     step: TrainStep,
     batches: Callable[[float], Sequence[dict[str, Any]]],
     budget: Budget,
-    on_step: Callable[[StepResult], "bool | None"] | None = None,
+    on_step: Callable[[StepResult], bool | None] | None = None,
 ) -> int:
     """Repeat `step` on `batches(progress)` (the micro-batches of one step, drawn knowing
     the progress so far, e.g. for a curriculum) until the budget is spent or `on_step`
@@ -301,7 +302,17 @@ def train_one_epoch(
                 )
                 running, running_n, t_log, samples_since = 0.0, 0, now, 0
             if callback is not None:
-                ev = TrainEvent("step", state.epoch, state.epochs, state.global_step, state.total_steps, loss_value, lr, None, time.time() - state.start_time)
+                ev = TrainEvent(
+                    "step",
+                    state.epoch,
+                    state.epochs,
+                    state.global_step,
+                    state.total_steps,
+                    loss_value,
+                    lr,
+                    None,
+                    time.time() - state.start_time,
+                )
                 stop = callback(ev) is False if env.is_main else False
                 if broadcast_object(stop, env):
                     state.stop = True

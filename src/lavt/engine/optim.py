@@ -161,7 +161,7 @@ class PolyWarmup:
         self.start_factor = float(start_factor)
 
     @classmethod
-    def ramp(cls, warmup_steps: int, total_steps: int = 1, power: float = 0.9) -> "PolyWarmup":
+    def ramp(cls, warmup_steps: int, total_steps: int = 1, power: float = 0.9) -> PolyWarmup:
         """The warm-up `min(1, (it + 1) / W)` of from-scratch recipes: the same line as the
         official form with `start_factor` 1/W over W - 1 steps (W = 1: no warm-up)."""
         w = max(1, int(warmup_steps))

@@ -1,7 +1,8 @@
 """Metrics as text: the one table layout of `lavt evaluate` and `lavt demo`."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 METRIC_KEYS: tuple[str, ...] = ("oIoU", "mIoU", "P@0.5", "P@0.6", "P@0.7", "P@0.8", "P@0.9")
 

@@ -73,7 +73,10 @@ def plot_curves(log_path: str | Path, out_path: str | Path) -> Path | None:
         if r.get("event") == "train":
             lr = r.get("lr")  # {group name: lr}: the first group's is drawn
             first = next(iter(lr.values()), None) if isinstance(lr, dict) else lr
-            steps[int(r["step"])] = (float(r["loss"]), float("nan") if first is None else float(first))  # a resumed run overwrites repeated steps
+            steps[int(r["step"])] = (
+                float(r["loss"]),
+                float("nan") if first is None else float(first),
+            )  # a resumed run overwrites repeated steps
         elif r.get("event") == "epoch" and r.get("val"):
             epochs[int(r["epoch"])] = r["val"]
     xs = sorted(steps)

@@ -6,7 +6,8 @@ evaluation items without padding; `collate` and `to_device` build and move batch
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import DistributedSampler, Sampler

@@ -126,11 +126,15 @@ def build_datasets(config: TrainConfig, tokenizer: Any) -> tuple[Any, Any | None
     """Training set (one random expression per object per epoch) and validation set."""
     common = dict(tokenizer=tokenizer, image_size=config.image_size, mask_mode=config.mask_mode, seed=config.seed)
     split_by = config.resolved_split_by
-    train_ds = ReferDataset(config.data_root, config.dataset, split_by, config.train_split, mode="train", max_images=config.max_images, **common)
+    train_ds = ReferDataset(
+        config.data_root, config.dataset, split_by, config.train_split, mode="train", max_images=config.max_images, **common
+    )
     val_ds = None
     if config.val_split:
         mode = "train" if config.val_expressions == "one" else "eval"
-        val_ds = ReferDataset(config.data_root, config.dataset, split_by, config.val_split, mode=mode, max_images=config.val_max_images, **common)
+        val_ds = ReferDataset(
+            config.data_root, config.dataset, split_by, config.val_split, mode=mode, max_images=config.val_max_images, **common
+        )
         if mode == "train":
             val_ds.set_epoch(0)  # the same expression per object at every validation
     return train_ds, val_ds
@@ -171,10 +175,16 @@ def _restore(resumed: dict[str, Any], path: Path, step: TrainStep, config: Train
         raise LAVTUserError(f"{path} was trained with seed {resumed['sampler'].get('seed')}, not {config.seed}: resume with the same seed")
     diffs = _recipe_differences(resumed.get("config", {}), config.to_dict())
     if diffs and env.is_main:
-        warnings.warn(f"resuming {path} with a different configuration for: {', '.join(diffs)}; the saved optimiser/schedule state wins", stacklevel=3)
+        warnings.warn(
+            f"resuming {path} with a different configuration for: {', '.join(diffs)}; the saved optimiser/schedule state wins", stacklevel=3
+        )
     rngs = resumed["rng"]
     if len(rngs) != env.world_size and env.is_main:
-        warnings.warn(f"{path} was written by {len(rngs)} process(es), resuming with {env.world_size}: random streams (drop path) will differ from an uninterrupted run", stacklevel=3)
+        warnings.warn(
+            f"{path} was written by {len(rngs)} process(es), resuming with {env.world_size}: "
+            "random streams (drop path) will differ from an uninterrupted run",
+            stacklevel=3,
+        )
     ckpt_io.restore_rng_state(rngs[env.rank] if env.rank < len(rngs) else rngs[0])
     return int(resumed["epoch"]) + 1, int(resumed["global_step"]), dict(resumed["best"]), list(resumed["history"])
 
@@ -234,7 +244,9 @@ def _run(config: TrainConfig, env: DistEnv, callback: Callback | None) -> TrainR
     steps_per_epoch = sampler.steps
     total_steps = steps_per_epoch * config.epochs
     pin = device.type == "cuda"
-    loader = DataLoader(train_ds, batch_size=micro, sampler=sampler, num_workers=config.num_workers, collate_fn=collate, pin_memory=pin, drop_last=True)
+    loader = DataLoader(
+        train_ds, batch_size=micro, sampler=sampler, num_workers=config.num_workers, collate_fn=collate, pin_memory=pin, drop_last=True
+    )
     val_loader = None
     if val_ds is not None:
         val_loader = DataLoader(

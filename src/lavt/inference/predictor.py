@@ -7,9 +7,10 @@ resize, which the model never saw), and the masks come back at the original reso
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -129,7 +130,7 @@ class Predictor:
     @classmethod
     def from_pretrained(
         cls, source: str | Path, device: str | torch.device = "cpu", precision: str = "fp32"
-    ) -> "Predictor":
+    ) -> Predictor:
         """A model folder (save_pretrained, `lavt convert`, `lavt demo`), a training checkpoint,
         or an official LAVT checkpoint file."""
         loaded = load_model(source, device=device)

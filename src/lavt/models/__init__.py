@@ -3,7 +3,7 @@
 `convert` brings official LAVT checkpoints and the Microsoft Swin initialisation onto the
 model; `state` is the strict state_dict loading every loader shares.
 """
-from lavt.models.config import BERT_BASE_UNCASED, LAVTConfig, SWIN_PRESETS, build_config
+from lavt.models.config import BERT_BASE_UNCASED, SWIN_PRESETS, LAVTConfig, build_config
 from lavt.models.convert import load_official, load_swin_pretrained
 from lavt.models.lavt import LAVT
 from lavt.models.state import load_state_strict

@@ -133,7 +133,7 @@ class LAVTConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "LAVTConfig":
+    def from_dict(cls, d: dict[str, Any]) -> LAVTConfig:
         """The config of a config.json. Keys that are not model fields but may be written
         beside them (`model_type`, `lavt_version`, `extra`) are ignored, so every saved
         config.json keeps loading; any other unknown key is an error."""

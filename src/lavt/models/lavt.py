@@ -43,7 +43,7 @@ class LAVT(nn.Module):
         self.classifier = SimpleDecoding(config.stage_dims, config.hidden_dim, config.num_classes)
         self.text_encoder = build_text_encoder(config.text_encoder) if config.text_encoder else None
 
-    def train(self, mode: bool = True) -> "LAVT":
+    def train(self, mode: bool = True) -> LAVT:
         """Also drops the inference caches (see `lavt.ops.cache`) when entering train mode."""
         if mode:
             ops.clear_caches(self)
@@ -200,7 +200,7 @@ class LAVT(nn.Module):
         return folder
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> "LAVT":
+    def from_pretrained(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> LAVT:
         """Rebuild a model written by `save_pretrained` (strict load)."""
         folder = Path(folder)
         cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME

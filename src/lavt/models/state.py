@@ -6,7 +6,7 @@ traceback; here every missing, unexpected and misshaped key is listed in one
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn

@@ -15,11 +15,11 @@ which dtype, device and grad state is decided here.
 - `cache.py`: inference caches (low-precision weights under autocast, folded BatchNorm,
   attention masks), dropped by `clear_caches`.
 """
-from lavt.ops.switch import ENV_VAR, fast_paths, fast_paths_enabled, set_fast_paths  # first: the others read it
 from lavt.ops.cache import Linear, autocast_dtype, cache_allowed, cached, clear_caches, linear, low_precision
 from lavt.ops.conv import DecoderPlan, conv1x1, conv_bn_relu, decoder_plan, to_plan_format
 from lavt.ops.lean import LayerNormLinear, LayerNormMlp, norm_linear, norm_mlp
 from lavt.ops.shifted_windows import WindowAttentionFunction, WindowLayout, window_attention, window_layout
+from lavt.ops.switch import ENV_VAR, fast_paths, fast_paths_enabled, set_fast_paths  # first: the others read it
 from lavt.ops.winograd import conv3x3, conv3x3_applies, tile_size, winograd_calls, winograd_conv3x3
 
 __all__ = [

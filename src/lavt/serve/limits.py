@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, TypeVar
 
 from PIL import Image, UnidentifiedImageError
 

@@ -13,8 +13,9 @@ import re
 import shutil
 import threading
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import gradio as gr
 

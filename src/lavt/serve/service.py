@@ -11,9 +11,10 @@ from __future__ import annotations
 import base64
 import io
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,8 +26,8 @@ from lavt.demo.run import shipped_model_dir
 from lavt.errors import LAVTUserError
 from lavt.inference import Predictor
 from lavt.models.config import SWIN_PRESETS
-from lavt.visualize import mask_image
 from lavt.serve.limits import Gate, Limits, RequestRejected, read_image, split_expressions
+from lavt.visualize import mask_image
 
 # The page draws at most this many pixels on the long side; masks to download stay full size.
 DISPLAY_SIDE = 1024
@@ -99,7 +100,7 @@ class SegmentService:
 
     @classmethod
     def load(cls, checkpoint: str | Path | None = None, device: str = "auto", precision: str = "fp32",
-             limits: Limits | None = None, concurrency: int = 1, queue_size: int = 32) -> "SegmentService":
+             limits: Limits | None = None, concurrency: int = 1, queue_size: int = 32) -> SegmentService:
         """Load `checkpoint` (anything `Predictor.from_pretrained` takes; None: the shipped demo model)."""
         source = Path(checkpoint) if checkpoint is not None else shipped_model_dir()
         device = resolve_device(device)

@@ -8,9 +8,9 @@ from the word lists and templates here, so the same meaning reads in several way
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import combinations
-from typing import Iterable, Sequence
 
 import numpy as np
 
