@@ -77,7 +77,7 @@ def _run_python(code: str, value: str | None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != ops.ENV_VAR}
     if value is not None:
         env[ops.ENV_VAR] = value
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "src"), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tests"), str(REPO / "src"), env.get("PYTHONPATH", "")])
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
 
 

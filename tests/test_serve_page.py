@@ -110,10 +110,16 @@ def test_page_function(service, examples, tmp_path):
 
     handler = PageHandler(service, tmp_path)
     example = examples[0]
-    annotated, probability, legend, rows, files = handler(str(example.image), example.text + "\n")
+    outputs = handler(str(example.image), example.text + "\n")
+    annotated_path, probability_path, legend, rows, files = outputs
     expected = service.predictor.predict(example.image, example.expressions)
     width, height = Image.open(example.image).size
+    annotated, probability = Image.open(annotated_path), Image.open(probability_path)
     assert annotated.size == probability.size and annotated.width >= 320
+    # The same request again writes every picture under new names: Gradio caches outputs by
+    # content, and rewriting a file in place would truncate it under a concurrent download.
+    again = handler(str(example.image), example.text + "\n")
+    assert {annotated_path, probability_path, *files}.isdisjoint({again[0], again[1], *again[4]})
     for i, text in enumerate(example.expressions):
         assert f"{i + 1}. {text}" in legend
         assert rows[i][0] == text and rows[i][1] == expected[i].area

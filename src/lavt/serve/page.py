@@ -101,15 +101,22 @@ class PageHandler:
             [text, area, round(100.0 * area / total, 2), round(score, 4), ms]
             for text, area, score in zip(result.expressions, result.areas, result.scores)
         ]
-        return annotated, probability, legend_html(result.expressions), rows, self._write_masks(result)
-
-    def _write_masks(self, result: Segmentation) -> list[str]:
-        folder = self.mask_dir / f"{next(self._ids):06d}"
+        request = next(self._ids)
+        folder = self.mask_dir / f"{request:06d}"
         folder.mkdir(parents=True, exist_ok=True)
+        # Pictures go out as files with names unique to the request: Gradio caches an output
+        # under a folder named by its content hash, and rewrites a PIL image there on every
+        # request, so two requests with the same result would truncate a file while a client
+        # downloads it; a file path it copies only once.
+        pictures = [visualize.save_png(annotated, folder / f"result_{request}.png"),
+                    visualize.save_png(probability, folder / f"probability_{request}.png")]
+        return str(pictures[0]), str(pictures[1]), legend_html(result.expressions), rows, self._write_masks(result, folder, request)
+
+    def _write_masks(self, result: Segmentation, folder: Path, request: int) -> list[str]:
         paths = []
         for k, (text, mask) in enumerate(zip(result.expressions, result.masks), start=1):
-            path = folder / f"mask_{k}_{_slug(text)}.png"
-            visualize.mask_image(mask).save(path, format="PNG", optimize=True)
+            path = folder / f"mask_{k}_{_slug(text)}_r{request}.png"
+            visualize.save_png(visualize.mask_image(mask), path)
             paths.append(str(path))
         with self._lock:
             self._folders.append(folder)
@@ -147,9 +154,9 @@ def build_page(service: SegmentService, examples: Sequence[Example], work_dir: P
                                      elem_id="lavt-probability-switch")
                 gr.Markdown(model_markdown(service), elem_id="lavt-model")
             with gr.Column():
-                result = gr.Image(label="Result", type="pil", format="png", interactive=False,
+                result = gr.Image(label="Result", type="filepath", format="png", interactive=False,
                                   value=initial[0], elem_id="lavt-result")
-                probability = gr.Image(label="Result (probability)", type="pil", format="png",
+                probability = gr.Image(label="Result (probability)", type="filepath", format="png",
                                        interactive=False, visible=False, value=initial[1],
                                        elem_id="lavt-probability")
                 legend = gr.HTML(value=initial[2], label="Legend", elem_id="lavt-legend")
