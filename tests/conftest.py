@@ -16,3 +16,12 @@ def golden_dir() -> Path:
     if not GOLDEN.is_dir():
         pytest.skip(f"golden vectors not found at {GOLDEN}")
     return GOLDEN
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: tiny tensors run faster so on a shared machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -16,13 +16,7 @@ from lavt.errors import LAVTUserError
 from lavt.loading import load_model
 from lavt.metrics import ReferringMetrics
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: one thread is faster on a shared machine
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

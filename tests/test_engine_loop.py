@@ -51,12 +51,7 @@ def _step(lr: float = 0.05, total: int = 100, warmup: int = 1, **kw) -> TrainSte
     return TrainStep(model, SegmentationLoss("ce"), opt, PolyWarmupLR(opt, PolyWarmup.ramp(warmup, total)), **kw)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: one thread is faster on a shared machine
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_one_backward_in_the_package() -> None:

@@ -18,13 +18,7 @@ from helpers import make_synth, make_tiny_text_encoder, tiny_train_config
 from lavt.engine import checkpoint as ckpt_io
 from lavt.engine.train import TrainingDiverged, train
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: one thread is faster on a shared machine
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

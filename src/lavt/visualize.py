@@ -139,12 +139,18 @@ def annotate(
 ) -> Image.Image:
     """One colour per mask over the image, and a legend underneath naming each label in its
     colour: what the web page and `lavt predict` show for several expressions at once."""
-    if len(masks) != len(labels):
-        raise ValueError(f"{len(masks)} masks but {len(labels)} labels")
-    colors = [colour(i) for i in range(len(masks))]
-    tinted = overlay_masks(image, masks, colors, alpha=alpha)
-    scaled = enlarge(tinted, min_width)
-    return caption(scaled, list(labels), colors=colors, background=(255, 255, 255), foreground=(0, 0, 0))
+    return _with_legend(overlay_masks, image, masks, labels, alpha, min_width)
+
+
+def _with_legend(tint, image: Image.Image, maps: Sequence[np.ndarray], labels: Sequence[str], alpha: float,
+                 min_width: int) -> Image.Image:
+    """`tint(image, maps, colours, alpha=...)` in palette order, enlarged to `min_width`, with
+    the legend strip naming each label in its colour underneath."""
+    if len(maps) != len(labels):
+        raise ValueError(f"{len(maps)} masks or maps but {len(labels)} labels")
+    colors = [colour(i) for i in range(len(labels))]
+    tinted = enlarge(tint(image, maps, colors, alpha=alpha), min_width)
+    return caption(tinted, list(labels), colors=colors, background=(255, 255, 255), foreground=(0, 0, 0))
 
 
 def overlay_probabilities(
@@ -179,11 +185,7 @@ def annotate_probabilities(
 ) -> Image.Image:
     """`annotate` for probability maps: the same colours and legend, each expression's
     P(object) as the opacity of its colour (the web page's probability view)."""
-    if len(probabilities) != len(labels):
-        raise ValueError(f"{len(probabilities)} probability maps but {len(labels)} labels")
-    colors = [colour(i) for i in range(len(labels))]
-    tinted = enlarge(overlay_probabilities(image, probabilities, colors, alpha=alpha), min_width)
-    return caption(tinted, list(labels), colors=colors, background=(255, 255, 255), foreground=(0, 0, 0))
+    return _with_legend(overlay_probabilities, image, probabilities, labels, alpha, min_width)
 
 
 def mask_image(mask: np.ndarray) -> Image.Image:

@@ -177,11 +177,10 @@ class Budget(Protocol):
     def progress(self, steps_done: int) -> float: ...
 
 
-class StepBudget:
-    """Exactly `steps` optimiser steps (reproducible): progress = steps done / steps."""
+class _Budget:
+    """A stop condition that also measures the run's progress (0 -> 1) and its wall time."""
 
-    def __init__(self, steps: int) -> None:
-        self.steps = int(steps)
+    def __init__(self) -> None:
         self.elapsed = 0.0
         self._t0 = time.perf_counter()
 
@@ -190,23 +189,32 @@ class StepBudget:
 
     def progress(self, steps_done: int) -> float:
         self.elapsed = time.perf_counter() - self._t0
+        return self._share(steps_done)
+
+    def _share(self, steps_done: int) -> float:
+        raise NotImplementedError
+
+
+class StepBudget(_Budget):
+    """Exactly `steps` optimiser steps (reproducible): progress = steps done / steps."""
+
+    def __init__(self, steps: int) -> None:
+        super().__init__()
+        self.steps = int(steps)
+
+    def _share(self, steps_done: int) -> float:
         return steps_done / self.steps
 
 
-class TimeBudget:
+class TimeBudget(_Budget):
     """A wall-time budget: progress = seconds since `start()` / `seconds`; the run stops
     after the first step that ends past the budget."""
 
     def __init__(self, seconds: float) -> None:
+        super().__init__()
         self.seconds = float(seconds)
-        self.elapsed = 0.0
-        self._t0 = time.perf_counter()
 
-    def start(self) -> None:
-        self._t0, self.elapsed = time.perf_counter(), 0.0
-
-    def progress(self, steps_done: int) -> float:
-        self.elapsed = time.perf_counter() - self._t0
+    def _share(self, steps_done: int) -> float:
         return self.elapsed / self.seconds
 
 
