@@ -12,8 +12,9 @@ from PIL import Image
 from lavt.cli import main
 from lavt.data.synthref import generate
 from lavt.data.tokenization import ExpressionTokenizer, default_text_encoder_dir
+from lavt.demo import SHIPPED_MODEL
 from lavt.demo.recipe import DemoRecipe
-from lavt.demo.run import SHIPPED_MODEL, run_demo
+from lavt.demo.run import run_demo
 from lavt.demo.scenes import ExpressionSampler, TextCache, load_scenes
 from lavt.demo.trainer import train_demo
 from lavt.demo.warmstart import resample_patch_embed, warm_start

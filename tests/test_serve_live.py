@@ -26,7 +26,7 @@ pytest.importorskip("gradio", reason="the 'web' extra is not installed (pip inst
 httpx = pytest.importorskip("httpx")
 from PIL import Image  # noqa: E402
 
-from lavt.demo.run import shipped_model_dir  # noqa: E402
+from lavt.demo import shipped_model_dir  # noqa: E402
 from lavt.inference import Predictor  # noqa: E402
 from lavt.serve.examples import make_examples  # noqa: E402
 from lavt.serve.service import SegmentService  # noqa: E402

@@ -16,7 +16,7 @@ from PIL import Image  # noqa: E402
 from pycocotools import mask as mask_utils  # noqa: E402
 
 from lavt.data import Refer, generate_synthref  # noqa: E402
-from lavt.demo.run import shipped_model_dir  # noqa: E402
+from lavt.demo import shipped_model_dir  # noqa: E402
 from lavt.inference import Predictor  # noqa: E402
 from lavt.serve.app import create_app  # noqa: E402
 from lavt.serve.limits import Gate, Limits, RequestRejected, ServerBusy, split_expressions  # noqa: E402

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lavt.demo import shipped_model_dir
 from lavt.demo.evaluate import evaluate_demo
 from lavt.demo.recipe import DemoRecipe
 from lavt.demo.scenes import generate_scenes, load_scenes
@@ -26,18 +27,8 @@ from lavt.engine.report import metrics_table
 from lavt.errors import LAVTUserError
 from lavt.visualize import plot_training
 
-SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "assets" / "demo_model"
 EVAL_SEED = 20261127  # fresh scenes: the shipped model was trained on data seeds 0-7
 QUICK_IMAGES = 10  # evaluation scenes of `--quick` at most
-
-
-def shipped_model_dir() -> Path:
-    if not (SHIPPED_MODEL / "config.json").is_file():
-        raise LAVTUserError(
-            f"the shipped demo model is missing from {SHIPPED_MODEL}; reinstall lavt or train one "
-            "with `lavt demo --train --out DIR`"
-        )
-    return SHIPPED_MODEL
 
 
 def main(

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from lavt.demo.run import shipped_model_dir
+from lavt.demo import shipped_model_dir
 from lavt.errors import LAVTUserError
 from lavt.inference import Predictor
 from lavt.models.config import SWIN_PRESETS
