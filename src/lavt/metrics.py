@@ -9,6 +9,8 @@ IoU = 0 when U = 0 (both masks empty). Over a split:
 
 All three are reported in percent. The state is a handful of sums, so shards scored by
 different processes combine exactly by adding them (`state`, `merge`, `all_reduce`).
+`GeneralizedReferringMetrics` scores generalised referring segmentation (expressions that
+name several objects or none: gRefCOCO) as the GRES evaluator does.
 """
 from __future__ import annotations
 
@@ -159,3 +161,142 @@ class ReferringMetrics:
         if not self.count:
             return "ReferringMetrics(empty)"
         return "ReferringMetrics(" + ", ".join(f"{k}={v:.2f}" for k, v in self.compute().items()) + ")"
+
+
+GENERALIZED_THRESHOLDS: tuple[float, ...] = (0.7, 0.8, 0.9)
+
+
+class GeneralizedReferringMetrics:
+    """The generalised referring metrics of GRES (gRefCOCO), scored as ReLA's evaluator does.
+
+    An expression may name no object ("no target"); the model then says so besides giving a
+    mask. Per expression, with I and U of the predicted and true masks as given:
+
+    - true no-target, predicted no-target: IoU 1, nothing added to the sums of I and U;
+    - true no-target, predicted target: IoU 0, I adds 0 and U adds U (the predicted mask);
+    - true target, predicted no-target: I counts as 0, U as computed, IoU 0;
+    - true target, predicted target: the usual IoU (0 when U is 0).
+
+    gIoU = mean IoU over all expressions; cIoU = sum I / sum U; with "positive" meaning
+    no-target, N-acc = TP / (TP + FN) and T-acc = TN / (TN + FP) (both 0 when no expression
+    is no-target, as ReLA; reported here in percent where ReLA prints fractions); Pr@t = the
+    share of targeted expressions with IoU >= t. `state`/`merge`/`all_reduce` combine shards
+    exactly, as for `ReferringMetrics`.
+    """
+
+    def __init__(self, thresholds: tuple[float, ...] = GENERALIZED_THRESHOLDS) -> None:
+        self.thresholds = tuple(float(t) for t in thresholds)
+        self.reset()
+
+    def reset(self) -> None:
+        self.cum_i = 0
+        self.cum_u = 0
+        self.count = 0
+        self.iou_sum = 0.0
+        self.targeted = 0
+        self.tp = self.tn = self.fp = self.fn = 0
+        self.correct = [0] * len(self.thresholds)
+        self._ious: list[float] = []
+
+    def __len__(self) -> int:
+        return self.count
+
+    def add(self, inter: int, union: int, *, pred_no_target: bool, gt_no_target: bool) -> float:
+        """Record one expression from its I and U (of the masks as predicted); returns its IoU."""
+        inter, union = int(inter), int(union)
+        if inter < 0 or union < inter:
+            raise ValueError(f"impossible counts I={inter}, U={union}")
+        pred_nt, gt_nt = bool(pred_no_target), bool(gt_no_target)
+        if gt_nt:
+            if pred_nt:
+                self.tp += 1
+                iou = 1.0
+            else:
+                self.fn += 1
+                iou = 0.0
+                self.cum_u += union
+        else:
+            if pred_nt:
+                self.fp += 1
+                inter = 0
+            else:
+                self.tn += 1
+            iou = 0.0 if union == 0 else inter / union
+            self.cum_i += inter
+            self.cum_u += union
+            self.targeted += 1
+            for k, t in enumerate(self.thresholds):
+                self.correct[k] += int(iou >= t)
+        self.count += 1
+        self.iou_sum += iou
+        self._ious.append(iou)
+        return iou
+
+    def update(self, pred_mask: Any, gt_mask: Any, *, pred_no_target: bool, gt_no_target: bool) -> float:
+        """Score one expression (binary masks, numpy or torch, and the two no-target flags)."""
+        inter, union = intersection_union(pred_mask, gt_mask)
+        return self.add(inter, union, pred_no_target=pred_no_target, gt_no_target=gt_no_target)
+
+    # --- combining shards -------------------------------------------------------------
+    def state(self) -> list[float]:
+        """[cum_I, cum_U, count, iou_sum, targeted, TP, TN, FP, FN, correct...] as floats."""
+        counts = (self.cum_i, self.cum_u, self.count)
+        rest = (self.targeted, self.tp, self.tn, self.fp, self.fn, *self.correct)
+        return [*map(float, counts), self.iou_sum, *map(float, rest)]
+
+    def load_state(self, state: list[float]) -> None:
+        """Replace the sums by `state`; mIoU-style exact rounding then uses the summed IoUs."""
+        n = len(self.thresholds)
+        if len(state) != 9 + n:
+            raise ValueError(f"state has {len(state)} entries, expected {9 + n}")
+        ints = [int(round(v)) for v in state]
+        self.cum_i, self.cum_u, self.count = ints[0], ints[1], ints[2]
+        self.iou_sum = float(state[3])
+        self.targeted, self.tp, self.tn, self.fp, self.fn = ints[4:9]
+        self.correct = ints[9:]
+        self._ious = []
+
+    def merge(self, other: GeneralizedReferringMetrics) -> None:
+        """Add another accumulator's expressions to this one."""
+        if other.thresholds != self.thresholds:
+            raise ValueError("cannot merge metrics with different thresholds")
+        ious = self._ious + other._ious if len(self._ious) == self.count and len(other._ious) == other.count else []
+        self.load_state([a + b for a, b in zip(self.state(), other.state())])
+        self._ious = ious
+
+    def all_reduce(self, device: Any = None) -> None:
+        """Sum the state over the default torch.distributed group (no-op when not distributed)."""
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        if device is None:
+            device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+        t = torch.tensor(self.state(), dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        self.load_state(t.tolist())
+
+    # --- results ---------------------------------------------------------------------
+    def compute(self) -> dict[str, float]:
+        """gIoU, cIoU, N-acc, T-acc, Pr@t in percent; then the counts (expressions,
+        no_target, targeted, TP, TN, FP, FN). cIoU is 0 when every union is empty, Pr@t 0
+        when no expression has a target."""
+        if self.count == 0:
+            raise ValueError("no expressions were scored: nothing to compute")
+        iou_sum = math.fsum(self._ious) if len(self._ious) == self.count else self.iou_sum
+        no_target = self.tp + self.fn
+        out: dict[str, float] = {
+            "gIoU": iou_sum * 100.0 / self.count,
+            "cIoU": self.cum_i * 100.0 / self.cum_u if self.cum_u else 0.0,
+            "N-acc": self.tp * 100.0 / no_target if no_target else 0.0,
+            "T-acc": self.tn * 100.0 / (self.tn + self.fp) if no_target and self.tn + self.fp else 0.0,
+        }
+        for t, c in zip(self.thresholds, self.correct):
+            out[f"Pr@{t:.1f}"] = c * 100.0 / self.targeted if self.targeted else 0.0
+        out.update(expressions=self.count, no_target=no_target, targeted=self.targeted,
+                   TP=self.tp, TN=self.tn, FP=self.fp, FN=self.fn)
+        return out
+
+    def __repr__(self) -> str:
+        if not self.count:
+            return "GeneralizedReferringMetrics(empty)"
+        shown = {k: v for k, v in self.compute().items() if isinstance(v, float)}
+        return "GeneralizedReferringMetrics(" + ", ".join(f"{k}={v:.2f}" for k, v in shown.items()) + ")"
