@@ -11,6 +11,10 @@
 - `ReferImageGroups`: one item per image holding every expression of every ref in it, so
   the engine can run the image once through a batch of expressions.
 
+Generalised datasets (gRefCOCO layout, `lavt.data.grefcoco`) read the same way; their items
+also carry `no_target` (a bool tensor; `no_targets` per image group), and the mask of a
+no-target expression is all background.
+
 Images: bilinear resize to `image_size` squared, ImageNet mean/std; masks: nearest.
 `kinds` keeps only expressions of those kinds (synthref sentences carry a `kind`:
 attribute, position or relation), for curricula and per-kind scores.
@@ -26,7 +30,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lavt.data.refer import MASK_MODES, Refer
+from lavt.data.grefcoco import open_refer
+from lavt.data.refer import MASK_MODES
 from lavt.data.tokenization import ExpressionTokenizer
 from lavt.data.transforms import image_to_tensor, mask_to_tensor
 from lavt.errors import LAVTUserError
@@ -58,7 +63,8 @@ class _ReferBase(Dataset):
             raise LAVTUserError(f"image_size must be positive, got {image_size}")
         if max_images is not None and int(max_images) < 1:
             raise LAVTUserError(f"max_images must be positive or None, got {max_images}")
-        self.refer = Refer(root, dataset, split_by, image_dir=image_dir)
+        self.refer = open_refer(root, dataset, split_by, image_dir=image_dir)
+        self.generalized = bool(getattr(self.refer, "generalized", False))
         self.split = split
         self.tokenizer = tokenizer
         self.image_size = int(image_size)
@@ -250,6 +256,8 @@ class ReferDataset(_ReferBase):
             "sent_id": self._sent_ids[row],
             "image_id": int(self.refer.refs[ref_id]["image_id"]),
         }
+        if self.generalized:
+            item["no_target"] = torch.tensor(self.refer.no_target(ref_id))
         if self.mode == "eval":
             item["orig_mask"] = torch.from_numpy(orig)
             item["expression"] = self._texts[row]
@@ -316,7 +324,7 @@ class ReferImageGroups(_ReferBase):
                 masks.append(resized)
                 orig_masks.append(torch.from_numpy(orig))
                 ref_ids.append(int(ref_id))
-        return {
+        group = {
             "image": image_tensor,
             "input_ids": self._ids[rows],
             "attention_mask": self._mask[rows],
@@ -328,6 +336,9 @@ class ReferImageGroups(_ReferBase):
             "kinds": [self._kinds[r] for r in rows],
             "image_id": int(image_id),
         }
+        if self.generalized:
+            group["no_targets"] = torch.tensor([self.refer.no_target(r) for r in ref_ids])
+        return group
 
 
 def collate_eval(items: list[dict[str, Any]]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lavt.data.refer import Refer
+from lavt.data.grefcoco import open_refer
 from lavt.errors import LAVTUserError
 
 # (dataset, split_by) -> split -> (refs, expressions, images). Sources: the refer-API
@@ -44,6 +44,8 @@ class SplitInfo:
     expressions: int
     images: int
     kinds: dict[str, int] = field(default_factory=dict)  # synthref: expressions per kind
+    no_target: int | None = None  # generalised datasets: expressions naming nothing
+    multi_target: int | None = None  # ... and naming several objects
 
 
 @dataclass
@@ -71,6 +73,9 @@ class DatasetInfo:
         """A table of counts (with the published numbers beside), then the problems found."""
         lines = [f"{self.dataset} ({self.split_by}) at {self.root}"]
         header = f"{'split':<10}{'refs':>8}{'expressions':>13}{'images':>8}"
+        generalized = any(i.no_target is not None for i in self.splits.values())
+        if generalized:
+            header += f"{'no-target':>11}{'multi-target':>14}"
         if self.published:
             header += f"   {'published refs / expressions / images':<38}"
         lines.append(header)
@@ -79,6 +84,8 @@ class DatasetInfo:
             info = self.splits.get(split)
             row = f"{split:<10}" + (f"{info.refs:>8}{info.expressions:>13}{info.images:>8}" if info else
                                      f"{'-':>8}{'-':>13}{'-':>8}")
+            if generalized and info:
+                row += f"{info.no_target:>11}{info.multi_target:>14}"
             if self.published:
                 pub = self.published.get(split)
                 if pub:
@@ -131,10 +138,13 @@ def dataset_info(
     """
     if check_images not in ("none", "exists", "decode"):
         raise LAVTUserError(f"check_images must be 'none', 'exists' or 'decode', got {check_images!r}")
-    refer = Refer(root, dataset, split_by, image_dir=image_dir)
+    refer = open_refer(root, dataset, split_by, image_dir=image_dir)
     splits: dict[str, SplitInfo] = {}
     for split, (refs, expressions, images) in refer.split_counts().items():
         splits[split] = SplitInfo(refs, expressions, images)
+    if getattr(refer, "generalized", False):
+        for split, c in refer.generalized_counts().items():
+            splits[split].no_target, splits[split].multi_target = c["no_target"], c["multi_target"]
     for ref in refer.refs.values():
         for sentence in ref["sentences"]:
             if "kind" in sentence:
