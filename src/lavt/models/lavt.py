@@ -20,6 +20,7 @@ from lavt.errors import LAVTUserError
 from lavt.models.backbone import MultiModalSwin
 from lavt.models.config import LAVTConfig
 from lavt.models.decoder import SimpleDecoding
+from lavt.models.no_target import NoTargetHead, head_hidden
 from lavt.models.state import load_state_strict
 from lavt.models.text_encoder import build_text_encoder, load_text_encoder, resolve_text_encoder_weights
 
@@ -33,7 +34,9 @@ class LAVT(nn.Module):
     Call `model(image, input_ids=..., attention_mask=...)` when it holds a text encoder, or
     `model(image, text_features=..., text_mask=...)` with features from any encoder. The image
     is (B, 3, H, W), ImageNet-normalised; the result is logits (B, 2, H, W) at the input size
-    (class 1 = the referred object).
+    (class 1 = the referred object). With `config.no_target == "head"` the model also holds
+    a no-target classifier (`no_target_head.*`); `return_no_target=True` then returns
+    (logits, no-target logit (B,)), the logit being None for models without a head.
     """
 
     def __init__(self, config: LAVTConfig) -> None:
@@ -42,6 +45,8 @@ class LAVT(nn.Module):
         self.backbone = MultiModalSwin(config)
         self.classifier = SimpleDecoding(config.stage_dims, config.hidden_dim, config.num_classes)
         self.text_encoder = build_text_encoder(config.text_encoder) if config.text_encoder else None
+        top = config.stage_dims[-1]
+        self.no_target_head = NoTargetHead(top, config.text_dim, head_hidden(top)) if config.no_target == "head" else None
 
     def train(self, mode: bool = True) -> LAVT:
         """Also drops the inference caches (see `lavt.ops.cache`) when entering train mode."""
@@ -132,9 +137,14 @@ class LAVT(nn.Module):
         *,
         text_features: torch.Tensor | None = None,
         text_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        feats = self.features(image, input_ids, attention_mask, text_features=text_features, text_mask=text_mask)
-        return self._decode(feats, tuple(image.shape[-2:]))
+        return_no_target: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+        feats, words, word_mask = self._encode(image, input_ids, attention_mask, text_features, text_mask)
+        logits = self._decode(feats, tuple(image.shape[-2:]))
+        return (logits, self._no_target_logit(feats, words, word_mask)) if return_no_target else logits
+
+    def _no_target_logit(self, feats: list[torch.Tensor], words: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor | None:
+        return None if self.no_target_head is None else self.no_target_head(feats[-1], words, word_mask)
 
     def features(
         self,
@@ -146,12 +156,23 @@ class LAVT(nn.Module):
         text_mask: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
         """The four normalised decoder inputs [F1..F4], each (B, C_i, H_i, W_i)."""
+        return self._encode(image, input_ids, attention_mask, text_features, text_mask)[0]
+
+    def _encode(
+        self,
+        image: torch.Tensor,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        text_features: torch.Tensor | None,
+        text_mask: torch.Tensor | None,
+    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """(decoder inputs [F1..F4], word features, word mask)."""
         self._check_image(image)
         n = self._check_text(input_ids, attention_mask, text_features, text_mask)
         if n != image.shape[0]:
             raise ValueError(f"batch sizes differ: {image.shape[0]} images but {n} expressions")
         l, m = self._language(input_ids, attention_mask, text_features, text_mask)
-        return self.backbone(image, l, m)
+        return self.backbone(image, l, m), l, m
 
     def segment_expressions(
         self,
@@ -161,8 +182,10 @@ class LAVT(nn.Module):
         *,
         text_features: torch.Tensor | None = None,
         text_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """One image, E expressions -> logits (E, 2, H, W), equal to E separate forwards.
+        return_no_target: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+        """One image, E expressions -> logits (E, 2, H, W), equal to E separate forwards
+        (with `return_no_target`, also the no-target logits (E,), as `forward`).
 
         The text-independent stem (patch embedding and stage-1 blocks) runs once and is shared
         by all expressions: the evaluation protocol's many expressions per image get cheaper.
@@ -176,7 +199,8 @@ class LAVT(nn.Module):
         l, m = self._language(input_ids, attention_mask, text_features, text_mask)
         x, hw = self.backbone.stem(image)
         feats = self.backbone.forward_from_stem(x.expand(n, -1, -1), hw, l, m)
-        return self._decode(feats, tuple(image.shape[-2:]))
+        logits = self._decode(feats, tuple(image.shape[-2:]))
+        return (logits, self._no_target_logit(feats, l, m)) if return_no_target else logits
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, folder: str | Path, tokenizer: Any = None, dtype: torch.dtype | None = None) -> Path:
