@@ -21,6 +21,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def result_line(k: int, r: object, total: int, mask_path: Path, over_path: Path) -> str:
+    """The line printed for one expression: its area, or "no such object" when the model says
+    that the expression names nothing in the image (its mask is then empty)."""
+    where = f"-> {mask_path}, {over_path}"
+    if getattr(r, "no_target", None):
+        p = getattr(r, "no_target_probability", None)
+        return f"[{k}] {r.expression!r}: no such object (no target" + (f", probability {p:.2f}" if p is not None else "") + f") {where}"
+    return f"[{k}] {r.expression!r}: {r.area} px ({100.0 * r.area / total:.1f}% of the image) {where}"
+
+
 def run(args: argparse.Namespace) -> int:
     # imported when the command runs: the library loads torch, which `lavt --help` must not wait for
     from PIL import Image
@@ -43,5 +53,5 @@ def run(args: argparse.Namespace) -> int:
         over_path = args.out / f"{stem}_{k}_overlay.png"
         save_png(Image.fromarray(r.mask.astype("uint8") * 255), mask_path)
         save_png(overlay(image, r.mask), over_path)
-        print(f"[{k}] {r.expression!r}: {r.area} px ({100.0 * r.area / total:.1f}% of the image) -> {mask_path}, {over_path}")
+        print(result_line(k, r, total, mask_path, over_path))
     return 0

@@ -20,6 +20,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from lavt.data.transforms import image_to_tensor
 from lavt.errors import LAVTUserError
 from lavt.loading import default_tokenizer, load_model
+from lavt.models.no_target import decide
 from lavt.precision import PRECISIONS, autocast
 
 ImageInput = str | Path | Image.Image | np.ndarray
@@ -30,11 +31,16 @@ class Prediction:
     """One expression's result at the original image size.
 
     mask: bool (H, W), the referred object; probability: float32 (H, W), P(object) per pixel.
+    no_target: whether the expression names nothing in the image (then the mask is empty), None
+    when the model makes no such decision; no_target_probability: the head's probability of
+    that (None also for the area rule).
     """
 
     expression: str
     mask: np.ndarray
     probability: np.ndarray
+    no_target: bool | None = None
+    no_target_probability: float | None = None
 
     @property
     def area(self) -> int:
@@ -163,23 +169,48 @@ class Predictor:
         return expressions, ids.to(self.device), mask.to(self.device)
 
     @torch.inference_mode()
-    def predict_logits(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Torch-facing: one normalised image (1,3,S,S), E expressions -> logits (E,2,S,S), float32."""
+    def predict_logits(
+        self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, return_no_target: bool = False
+    ) -> Any:
+        """Torch-facing: one normalised image (1,3,S,S), E expressions -> logits (E,2,S,S), float32
+        (with `return_no_target`, also the no-target head's logits (E,), None without a head)."""
+        extra = {"return_no_target": True} if return_no_target else {}  # only LAVT takes it, not an exported graph
         with autocast(self.precision, self.device):
-            logits = self.model.segment_expressions(image, input_ids, attention_mask)
-        return logits.float()
+            out = self.model.segment_expressions(image, input_ids, attention_mask, **extra)
+        if return_no_target:
+            return out[0].float(), out[1]
+        return out.float()
+
+    def no_target_decisions(self, logits: torch.Tensor, nt_logit: torch.Tensor | None) -> list[tuple[bool, float | None]] | None:
+        """Per expression (no target?, its probability or None for the area rule), from the square
+        logits (E,2,S,S) and the head's logits; None when the model makes no such decision
+        (`no_target="none"`, classic referring segmentation)."""
+        cfg = self.model.config
+        decision = decide(cfg.no_target, cfg.no_target_threshold, logits.argmax(1).bool(), nt_logit)
+        if decision is None:
+            return None
+        flags, prob = decision
+        probs = [None] * len(flags) if prob is None else [float(p) for p in prob.tolist()]
+        return list(zip((bool(f) for f in flags.tolist()), probs))
 
     @torch.inference_mode()
     def predict(self, image: ImageInput, expressions: str | Sequence[str]) -> list[Prediction]:
-        """Segment every expression in one image (one batched forward). Masks at original size."""
+        """Segment every expression in one image (one batched forward). Masks at original size.
+        A model with a no-target decision also says, per expression, whether it names nothing
+        (`no_target`, `no_target_probability`); such a prediction's mask is empty."""
         texts, ids, mask = self.tokenize(expressions)
         tensor, (h, w) = self.preprocess(image)
-        logits = self.predict_logits(tensor, ids, mask)
+        head = self.model.config.no_target == "head"
+        out = self.predict_logits(tensor, ids, mask, return_no_target=head)
+        logits, nt_logit = out if head else (out, None)
+        decisions = self.no_target_decisions(logits, nt_logit)
         logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=True)
         prob = torch.softmax(logits, dim=1)[:, 1]
         masks = logits.argmax(1).bool()
-        return [
-            Prediction(text, masks[i].cpu().numpy(), prob[i].cpu().numpy().astype(np.float32))
-            for i, text in enumerate(texts)
-        ]
+        out = []
+        for i, text in enumerate(texts):
+            no_target, p_none = decisions[i] if decisions is not None else (None, None)
+            m = masks[i].cpu().numpy() & (not no_target)
+            out.append(Prediction(text, m, prob[i].cpu().numpy().astype(np.float32), no_target, p_none))
+        return out
 

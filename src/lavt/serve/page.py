@@ -92,14 +92,16 @@ class PageHandler:
         return self.render(result)
 
     def render(self, result: Segmentation) -> tuple[Any, ...]:
-        labels = [f"{i + 1}. {text}" for i, text in enumerate(result.expressions)]
+        none = result.no_target or [False] * len(result.expressions)
+        shown = [f"{text} (no such object)" if n else text for text, n in zip(result.expressions, none)]
+        labels = [f"{i + 1}. {text}" for i, text in enumerate(shown)]
         annotated = visualize.annotate(result.preview, result.preview_masks, labels)
         probability = visualize.annotate_probabilities(result.preview, result.preview_probabilities, labels)
         total = result.width * result.height
         ms = round(1000.0 * result.seconds, 1)
         rows = [
             [text, area, round(100.0 * area / total, 2), round(score, 4), ms]
-            for text, area, score in zip(result.expressions, result.areas, result.scores)
+            for text, area, score in zip(shown, result.areas, result.scores)
         ]
         request = next(self._ids)
         folder = self.mask_dir / f"{request:06d}"
@@ -110,7 +112,7 @@ class PageHandler:
         # downloads it; a file path it copies only once.
         pictures = [visualize.save_png(annotated, folder / f"result_{request}.png"),
                     visualize.save_png(probability, folder / f"probability_{request}.png")]
-        return str(pictures[0]), str(pictures[1]), legend_html(result.expressions), rows, self._write_masks(result, folder, request)
+        return str(pictures[0]), str(pictures[1]), legend_html(shown), rows, self._write_masks(result, folder, request)
 
     def _write_masks(self, result: Segmentation, folder: Path, request: int) -> list[str]:
         paths = []

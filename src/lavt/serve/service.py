@@ -49,6 +49,9 @@ class Segmentation:
     preview: Image.Image | None = None
     preview_masks: list[np.ndarray] = field(default_factory=list)
     preview_probabilities: list[np.ndarray] = field(default_factory=list)
+    # per expression, when the model decides no-target (generalised RIS): names nothing? its probability
+    no_target: list[bool] = field(default_factory=list)
+    no_target_probabilities: list[float | None] = field(default_factory=list)
 
     @property
     def areas(self) -> list[int]:
@@ -146,19 +149,28 @@ class SegmentService:
         texts = list(expressions)
         ids, attention = (t.to(p.device) for t in p.tokenizer(texts))
         tensor, (h, w) = p.preprocess(image)
-        logits = p.predict_logits(tensor, ids, attention)  # (E, 2, S, S) float32
+        head = p.model.config.no_target == "head"
+        out = p.predict_logits(tensor, ids, attention, return_no_target=head)  # (E, 2, S, S) float32
+        logits, nt_logit = out if head else (out, None)
+        decisions = p.no_target_decisions(logits, nt_logit)
         masks, scores = [], []
         for i in range(len(texts)):
             full = F.interpolate(logits[i : i + 1], size=(h, w), mode="bilinear", align_corners=True)
-            mask = full.argmax(1)[0].bool()
+            mask = full.argmax(1)[0].bool() & (decisions is None or not decisions[i][0])
             prob = torch.softmax(full, dim=1)[0, 1]
             area = int(mask.sum())
             scores.append(float(prob[mask].mean()) if area else 0.0)
             masks.append(mask.cpu().numpy())
             del full, prob
         result = Segmentation(texts, masks, scores, w, h, 0.0, notes)
+        if decisions is not None:
+            result.no_target = [d[0] for d in decisions]
+            result.no_target_probabilities = [d[1] for d in decisions]
         if preview:
             self._fill_preview(result, image, logits)
+            for i, none in enumerate(result.no_target):
+                if none:
+                    result.preview_masks[i] = np.zeros_like(result.preview_masks[i])
         result.seconds = time.perf_counter() - start
         return result
 
@@ -194,7 +206,8 @@ def mask_png(mask: np.ndarray) -> bytes:
 
 def to_json(result: Segmentation, model: str, fmt: str = "rle") -> dict[str, Any]:
     """The REST answer: per expression in the order given, the mask (RLE or base64 PNG),
-    its area in pixels and its score."""
+    its area in pixels and its score (and, from a model that decides it, `no_target` and
+    `no_target_probability`)."""
     if fmt not in ("rle", "png"):
         raise RequestRejected(f"format must be 'rle' or 'png', got {fmt!r}")
     results = []
@@ -207,6 +220,10 @@ def to_json(result: Segmentation, model: str, fmt: str = "rle") -> dict[str, Any
         entry["area"] = int(mask.sum())
         entry["score"] = round(float(score), 6)
         results.append(entry)
+    for entry, none, p in zip(results, result.no_target, result.no_target_probabilities):
+        entry["no_target"] = bool(none)  # "no such object": the mask is empty
+        if p is not None:
+            entry["no_target_probability"] = round(float(p), 6)
     body: dict[str, Any] = {"width": result.width, "height": result.height, "model": model, "results": results}
     if result.warnings:
         body["warnings"] = list(result.warnings)
