@@ -33,9 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "Exit code 1 when something is missing, unreadable or differs.",
     )
     info.add_argument("--data-root", required=True, help="folder holding <dataset>/ and images/")
-    info.add_argument("--dataset", required=True, help="refcoco, refcoco+, refcocog, synthref, ...")
+    info.add_argument("--dataset", required=True, help="refcoco, refcoco+, refcocog, synthref, grefcoco, synthgref, ...")
     info.add_argument("--split-by", default="unc", help="unc (RefCOCO/RefCOCO+/synthref), umd or google (G-Ref)")
-    info.add_argument("--image-dir", default=None, help="image folder if not the standard one under --data-root")
+    info.add_argument("--image-dir", "--image-root", dest="image_dir", default=None,
+                      help="image folder if not the standard one under --data-root")
     info.add_argument("--check-images", choices=["none", "exists", "decode"], default="exists",
                       help="'decode' also decodes every image to find truncated files (slow on COCO)")
     info.add_argument("--max-listed", type=int, default=10, help="image problems listed by name")
@@ -63,6 +64,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     synth.add_argument("--occlusion", type=float, default=0.25, help="chance of a partly hidden object per image")
     synth.add_argument("--image-format", choices=["jpg", "png"], default="jpg")
     synth.add_argument("--overwrite", action="store_true", help="replace an existing synthref under --out")
+    synth.add_argument("--generalized", action="store_true",
+                       help="also write ROOT/synthgref/grefs(unc).json: the same scenes with multi-target and no-target "
+                            "expressions added (gRefCOCO layout; --dataset synthgref)")
     synth.set_defaults(func=run)
 
 
@@ -86,5 +90,9 @@ def run(args: argparse.Namespace) -> int:
         image_format=args.image_format, overwrite=args.overwrite,
     )
     print(summary.format())
+    if args.generalized:
+        from lavt.data.synthref.language_generalized import generate_generalized
+
+        print(generate_generalized(args.out, seed=args.seed).format())
     sys.stdout.flush()
     return 0
