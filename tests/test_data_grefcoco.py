@@ -175,3 +175,15 @@ def test_datasets_carry_the_no_target_label(root: Path, tokenizer: ExpressionTok
     group = groups[0]
     assert group["expressions"] == ["the two dogs", "all dogs", "the cat on the sofa"]
     assert group["no_targets"].tolist() == [False, False, True] and group["masks"][2].sum() == 0
+
+
+def test_cli_info_counts_and_image_root(root: Path, tmp_path: Path, capsys) -> None:
+    from lavt.cli import main
+
+    assert main(["data", "info", "--data-root", str(root), "--dataset", "grefcoco"]) == 0
+    out = capsys.readouterr().out
+    assert "no-target  multi-target" in out and f"images under {root / 'images/train2014'}" in out
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert main(["data", "info", "--data-root", str(root), "--dataset", "grefcoco", "--image-root", str(elsewhere)]) == 1
+    assert f"images under {elsewhere} (exists checked): 2 missing" in capsys.readouterr().out
