@@ -84,6 +84,18 @@ def overlay_masks(
     return Image.fromarray(out.round().clip(0, 255).astype(np.uint8))
 
 
+def spotlight(image: Image.Image, mask: np.ndarray, color: RGB = GT_COLOUR, dim: float = 0.45,
+              alpha: float = 0.35) -> Image.Image:
+    """The image darkened to `dim` outside the mask and the mask tinted with its contour, so
+    one object stands out whatever its own colour (the tiles of `lavt data view`)."""
+    m = np.asarray(mask, dtype=bool)
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    if m.shape != pixels.shape[:2]:
+        raise ValueError(f"mask of shape {m.shape} does not match the image's {pixels.shape[:2]}")
+    pixels[~m] *= dim
+    return overlay(Image.fromarray(pixels.round().clip(0, 255).astype(np.uint8)), m, color=color, alpha=alpha)
+
+
 def compare(image: Image.Image, pred: np.ndarray, gt: np.ndarray) -> Image.Image:
     """Prediction against ground truth on a darkened image: ground truth only in green,
     prediction only in red, both in yellow."""
@@ -201,6 +213,24 @@ def side_by_side(panels: Sequence[Image.Image], gap: int = 0, background: RGB = 
     for p in panels:
         canvas.paste(p.convert("RGB"), (x, 0))
         x += p.width + gap
+    return canvas
+
+
+def grid(panels: Sequence[Image.Image], columns: int, gap: int = 4, background: RGB = (255, 255, 255)) -> Image.Image:
+    """Panels in rows of `columns`, each top-left in a cell as wide as the widest panel and as
+    tall as the tallest of its row (a contact sheet)."""
+    if not panels:
+        raise ValueError("no panels to arrange")
+    columns = max(1, min(int(columns), len(panels)))
+    rows = [panels[i : i + columns] for i in range(0, len(panels), columns)]
+    cell = max(p.width for p in panels)
+    heights = [max(p.height for p in row) for row in rows]
+    canvas = Image.new("RGB", (columns * cell + (columns + 1) * gap, sum(heights) + (len(rows) + 1) * gap), background)
+    y = gap
+    for row, height in zip(rows, heights):
+        for k, p in enumerate(row):
+            canvas.paste(p.convert("RGB"), (gap + k * (cell + gap), y))
+        y += height + gap
     return canvas
 
 

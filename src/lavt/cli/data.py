@@ -1,9 +1,12 @@
-"""`lavt data`: inspect a referring dataset (`info`) or generate the synthref dataset (`synth`)."""
+"""`lavt data`: inspect a referring dataset (`info`), generate the synthref dataset (`synth`), import
+your own data (`import`) or look at any dataset (`view`; both in `data_import.py`)."""
 from __future__ import annotations
 
 import argparse
 import sys
 import warnings
+
+from lavt.cli import data_import
 
 
 def _pair(text: str) -> tuple[int, int]:
@@ -21,8 +24,8 @@ def _pair(text: str) -> tuple[int, int]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="inspect a referring dataset or generate the synthetic one")
-    commands = p.add_subparsers(dest="data_command", metavar="{info,synth}")
+    p = sub.add_parser("data", help="inspect, generate, import or view a referring dataset")
+    commands = p.add_subparsers(dest="data_command", metavar="{info,synth,import,view}")
     commands.required = True
 
     info = commands.add_parser(
@@ -68,6 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="also write ROOT/synthgref/grefs(unc).json: the same scenes with multi-target and no-target "
                             "expressions added (gRefCOCO layout; --dataset synthgref)")
     synth.set_defaults(func=run)
+    data_import.register(commands)
 
 
 def run(args: argparse.Namespace) -> int:

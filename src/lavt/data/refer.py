@@ -6,6 +6,7 @@ Layout (the one every RIS code base uses)::
     <root>/<dataset>/instances.json       COCO-style images, annotations, categories
     <root>/images/mscoco/images/train2014/ the COCO images (RefCOCO family)
     <root>/images/synthref/                the generated images (lavt.data.synthref)
+    <root>/images/<dataset>/               any other dataset (where `lavt data import` writes)
 
 A ref is a dict with ref_id, ann_id, image_id, category_id, split, sent_ids and
 sentences = [{raw, sent, tokens, sent_id}, ...]. This module is our own reader: it
