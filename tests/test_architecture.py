@@ -4,9 +4,9 @@ Every module under `src/lavt` is parsed with `ast` and every `import` / `from ..
 is collected, also those inside functions (a local import is still a dependency). Layers,
 lowest first; a module may import its own layer and the ones below, never one above:
 
-    ops < models < data < loading < engine < inference, demo, serve < cli
+    ops < models < data < loading, runtime < engine < inference, demo, serve, export < cli
 
-`errors`, `visualize`, `metrics` and `precision` are helpers usable from every layer; they
+`errors`, `visualize`, `metrics`, `precision`, `images` and `hub` are helpers usable from every layer; they
 import no other lavt module except `lavt.errors`. The root package `lavt` is the public
 facade (its names are loaded lazily by string, which this test does not follow) and no lavt
 module imports it.
@@ -29,6 +29,9 @@ LAYERS: dict[str, int] = {
     "data": 2,
     "loading": 3,
     "checkpoint_format": 3,  # the training-run format, read by loading, written by the engine
+    "runtime": 3,  # the torch-free ONNX runtime: imports only lavt.errors and torch-free helpers
+    "onnx_module": 3,  # an exported folder behind LAVT's calls, for loading
+    "export": 5,
     "engine": 4,
     "inference": 5,
     "demo": 5,
@@ -36,7 +39,8 @@ LAYERS: dict[str, int] = {
     "cli": 6,
     "__main__": 6,
 }
-HELPERS = {"errors", "visualize", "metrics", "precision"}
+HELPERS = {"errors", "visualize", "metrics", "precision", "images", "hub"}
+TORCH_FREE = {"lavt.errors", "lavt.images", "lavt.hub"}  # what lavt.runtime may import besides itself
 MAX_LINES = 450
 
 
@@ -176,6 +180,19 @@ def test_no_import_cycle() -> None:
 def test_layers_are_imported_downwards_only() -> None:
     wrong = layer_violations(GRAPH)
     assert not wrong, "dependencies against the layer order:\n" + "\n".join(wrong)
+
+
+def test_the_runtime_imports_nothing_that_imports_torch() -> None:
+    """lavt.runtime runs where torch is absent (tests/test_runtime.py runs it so); statically, it
+    imports only itself and the torch-free helpers, and those import no torch either."""
+    wrong = [f"{name} imports {target}" for name, targets in GRAPH.items() if name.startswith("lavt.runtime")
+             for target in targets if not target.startswith("lavt.runtime") and target not in TORCH_FREE]
+    assert not wrong, wrong
+    for name in TORCH_FREE | {n for n in MODULES if n.startswith("lavt.runtime")}:
+        tree = ast.parse(MODULES[name].read_text(encoding="utf-8"))
+        roots = {a.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
+        roots |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert not roots & {"torch", "transformers"}, f"{name} imports {roots & {'torch', 'transformers'}}"
 
 
 @pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(SRC)))

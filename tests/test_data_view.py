@@ -85,6 +85,29 @@ def test_missing_image_is_a_marked_tile_and_a_warning(tmp_path: Path, capsys: py
     assert err.startswith(f"warning: ref 1: image {missing} (image_id 1) does not exist") and sheet.is_file()
 
 
+def test_generalized_refs_show_their_targets(synth_root: Path, tmp_path: Path) -> None:
+    from lavt.data.grefcoco import open_refer
+    from lavt.data.synthref.language_generalized import generate_generalized
+
+    if not (synth_root / "synthgref").is_dir():
+        generate_generalized(synth_root)
+    refer = open_refer(synth_root, "synthgref")
+    none = next(r for r in refer.refs if refer.no_target(r))
+    multi = next(r for r in refer.refs if refer.num_targets(r) > 1)
+    empty, several = draw_sample(refer, none, 48), draw_sample(refer, multi, 48)
+    assert empty.ann_ids == [] and empty.label().endswith(" | no target")
+    assert several.ann_ids == refer.target_ann_ids(multi) and several.label().endswith(f" | {len(several.ann_ids)} targets")
+    def outlined(sample) -> int:  # pixels of the mask's contour, drawn in the ground-truth colour
+        return int((np.asarray(sample.picture) == np.array(visualize.GT_COLOUR)).all(axis=2).sum())
+
+    assert outlined(empty) == 0 and outlined(several) > 0
+    page = tmp_path / "page"
+    assert main(["data", "view", "--data-root", str(synth_root), "--dataset", "synthgref", "--num", "40",
+                 "--html", str(page)]) == 0
+    text = (page / "index.html").read_text()
+    assert " | no target</small>" in text and re.search(r" \| \d targets \| ann \d+, \d+", text)
+
+
 def test_sample_draw(synth_root: Path) -> None:
     refer = Refer(synth_root, "synthref")
     val = refer.ref_ids("val")

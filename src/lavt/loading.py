@@ -3,7 +3,10 @@
 - a model folder written by `save_pretrained` (config.json + model.safetensors);
 - a training run folder (uses `model_best/`, else `model_last/`, else `checkpoint.pt`);
 - a training checkpoint file written by `lavt train` (`checkpoint.pt`);
-- an official LAVT checkpoint (`lavt` or `lavt_one`, read with `lavt.load_official`).
+- an official LAVT checkpoint (`lavt` or `lavt_one`, read with `lavt.load_official`);
+- a folder written by `lavt export` (run through onnxruntime: `lavt.onnx_module`);
+- a Hugging Face Hub id (`org/name`, `org/name@revision`) of any of those folders, resolved
+  through huggingface_hub's cache (`lavt.hub`); a local path of the same spelling wins.
 
 The tokenizer saved with the model comes back too when there is one; evaluation and
 prediction fall back to the packaged uncased BERT vocabulary (the official one) otherwise.
@@ -16,25 +19,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lavt.checkpoint_format import BEST_DIR, CHECKPOINT_NAME, LAST_DIR, is_training_checkpoint
 from lavt.data.tokenization import ExpressionTokenizer
 from lavt.errors import LAVTUserError
+from lavt.hub import resolve_source
 from lavt.models import LAVT, LAVTConfig, load_official, load_state_strict
 from lavt.models.convert import read_checkpoint
 from lavt.models.lavt import CONFIG_NAME
 from lavt.models.text_encoder import default_text_encoder_dir
+from lavt.runtime.folder import is_export_folder
+
+if TYPE_CHECKING:
+    from lavt.onnx_module import OnnxLAVT
 
 
 @dataclass
 class LoadedModel:
     """A model in eval mode, its tokenizer (or None), what kind of file it came from
-    ('folder', 'training' or 'official') and what else is known about it (epoch, best score...)."""
+    ('folder', 'training', 'official' or 'onnx') and what else is known about it (epoch, best score...)."""
 
-    model: LAVT
+    model: LAVT | OnnxLAVT
     tokenizer: ExpressionTokenizer | None
     kind: str
     source: Path
@@ -52,9 +60,16 @@ def load_model(
 
     `pwam_heads` only matters for official checkpoints whose saved args lack `--mha`.
     """
-    p = Path(path)
+    p = resolve_source(path)
     if not p.exists():
         raise LAVTUserError(f"checkpoint {p} does not exist")
+    if p.is_dir() and is_export_folder(p):
+        try:
+            from lavt.onnx_module import OnnxLAVT  # onnxruntime: an optional dependency (the `onnx` extra)
+        except ImportError as exc:
+            raise LAVTUserError(f"{p} is an exported (ONNX) model; running it needs the 'onnx' extra: pip install \"lavt[onnx]\"") from exc
+        onnx_model = OnnxLAVT(p, device=device)
+        return LoadedModel(onnx_model.eval(), _tokenizer_from(p, max_tokens, onnx_model), "onnx", p)
     if p.is_file() and p.suffix == ".safetensors" and (p.parent / CONFIG_NAME).is_file():
         p = p.parent
     if p.is_dir():
@@ -123,7 +138,7 @@ def check_vocabulary(model: LAVT | None, tokenizer: Any) -> None:
         )
 
 
-def _tokenizer_from(folder: Path, max_tokens: int | None, model: LAVT) -> ExpressionTokenizer | None:
+def _tokenizer_from(folder: Path, max_tokens: int | None, model: LAVT | OnnxLAVT) -> ExpressionTokenizer | None:
     if not (folder / "vocab.txt").is_file():
         return None
     tokens = max_tokens or model.config.max_tokens

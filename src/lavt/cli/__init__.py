@@ -13,13 +13,13 @@ import warnings
 
 from lavt.errors import LAVTUserError
 
-COMMANDS = ["convert", "data", "train", "evaluate", "predict", "demo", "serve"]
+COMMANDS = ["convert", "data", "train", "evaluate", "predict", "demo", "serve", "export", "push"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lavt",
-        description="LAVT referring image segmentation: convert, data, train, evaluate, predict, demo, serve.",
+        description="LAVT referring image segmentation: convert, data, train, evaluate, predict, demo, serve, export, push.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

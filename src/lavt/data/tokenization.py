@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tokenizers import Tokenizer
 from transformers import BertTokenizer
 
 from lavt.errors import LAVTUserError
@@ -120,6 +121,16 @@ class ExpressionTokenizer:
         if target.resolve() != self.vocab_file.resolve():
             shutil.copyfile(self.vocab_file, target)
         (folder / CONFIG_NAME).write_text(json.dumps(self.config(), indent=2, sort_keys=True) + "\n")
+
+    def save_tokenizer_json(self, path: str | Path) -> Path:
+        """Write the WordPiece pipeline as `tokenizer.json` (the `tokenizers` library's format),
+        without padding or truncation: the torch-free runtime cuts and pads the official way."""
+        backend = Tokenizer.from_str(self._backend.backend_tokenizer.to_str())
+        backend.no_truncation()
+        backend.no_padding()
+        path = Path(path)
+        backend.save(str(path))
+        return path
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, max_tokens: int | None = None) -> ExpressionTokenizer:

@@ -12,25 +12,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+from lavt.images import IMAGENET_MEAN, IMAGENET_STD, image_to_array
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "image_to_tensor", "mask_to_tensor"]
 
 
 def image_to_tensor(image: Image.Image, size: int | tuple[int, int] | None) -> torch.Tensor:
     """RGB PIL image -> float32 (3, H, W), resized (bilinear) to `size` and ImageNet-normalised.
 
     `size` is an int for a square, a (height, width) pair, or None to keep the image size.
+    The arithmetic is `lavt.images.image_to_array`'s, which the torch-free runtime uses too.
     """
-    image = image.convert("RGB")
-    if size is not None:
-        height, width = (size, size) if isinstance(size, int) else size
-        if image.size != (width, height):
-            image = image.resize((width, height), Image.Resampling.BILINEAR)
-    array = np.asarray(image, dtype=np.float32) / 255.0
-    tensor = torch.from_numpy(array).permute(2, 0, 1)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
-    return ((tensor - mean) / std).contiguous()
+    return torch.from_numpy(image_to_array(image, size))
 
 
 def mask_to_tensor(mask: np.ndarray, size: int | tuple[int, int] | None) -> torch.Tensor:

@@ -3,7 +3,8 @@
 Each sample is one ref: its image with the object's mask overlaid, the expressions under it,
 and the split, ref, image and annotation ids, so a wrong import (a mask on the wrong image,
 shifted or empty masks, expressions of another object) shows at a glance. Works on any
-dataset `Refer` reads (RefCOCO family, synthref, imported sets).
+dataset `open_refer` reads (RefCOCO family, synthref, imported sets, and the generalised
+gRefCOCO layout, where a ref may name several objects or none).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from lavt import visualize
+from lavt.data.grefcoco import open_refer
 from lavt.data.refer import Refer
 from lavt.errors import LAVTUserError
 
@@ -28,14 +30,15 @@ class Sample:
 
     ref_id: int
     image_id: int
-    ann_id: int
+    ann_ids: list[int]  # the target objects: one, several, or none (generalised datasets)
     split: str
     category: str
     expressions: list[str]
     picture: Image.Image
 
     def label(self) -> str:
-        return f"{self.split} | ref {self.ref_id} | image {self.image_id}"
+        targets = " | no target" if not self.ann_ids else f" | {len(self.ann_ids)} targets" if len(self.ann_ids) > 1 else ""
+        return f"{self.split} | ref {self.ref_id} | image {self.image_id}{targets}"
 
 
 def choose_refs(refer: Refer, split: str | None, num: int, seed: int = 0) -> list[int]:
@@ -59,9 +62,13 @@ def draw_sample(refer: Refer, ref_id: int, size: int) -> Sample:
         warnings.warn(f"ref {ref_id}: {exc}", stacklevel=2)
         square = Image.new("RGB", (size, size), TILE_BACKGROUND)
         ImageDraw.Draw(square).text((4, 4), "unreadable", fill=(200, 0, 0))
+    generalized = getattr(refer, "generalized", False)
+    ann_ids = refer.target_ann_ids(ref_id) if generalized else [int(ref["ann_id"])]
+    category_ids = ref.get("category_id", [])
+    category_ids = category_ids if isinstance(category_ids, list) else [category_ids]
     return Sample(
-        ref_id=int(ref_id), image_id=int(ref["image_id"]), ann_id=int(ref["ann_id"]), split=str(ref["split"]),
-        category=refer.categories.get(int(ref.get("category_id", -1)), ""),
+        ref_id=int(ref_id), image_id=int(ref["image_id"]), ann_ids=ann_ids, split=str(ref["split"]),
+        category=", ".join(dict.fromkeys(refer.categories[int(c)] for c in category_ids if int(c) in refer.categories)),
         expressions=[str(s["raw"]) for s in ref["sentences"]], picture=square,
     )
 
@@ -102,9 +109,10 @@ def write_html(samples: list[Sample], folder: str | Path, title: str) -> Path:
         picture = visualize.save_png(s.picture, folder / "samples" / f"ref_{s.ref_id}.png")
         items = "".join(f"<li>{html.escape(e)}</li>" for e in s.expressions)
         category = f" | {html.escape(s.category)}" if s.category else ""
+        anns = f" | ann {', '.join(map(str, s.ann_ids))}" if s.ann_ids else ""
         figures.append(
             f'<figure><img src="samples/{picture.name}" alt="ref {s.ref_id}"><figcaption><ul>{items}</ul>'
-            f"<small>{html.escape(s.label())} | ann {s.ann_id}{category}</small></figcaption></figure>"
+            f"<small>{html.escape(s.label())}{anns}{category}</small></figcaption></figure>"
         )
     page = (
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{t}</title><style>"
@@ -140,7 +148,7 @@ def view_dataset(
         raise LAVTUserError("nothing to write: pass --out sheet.png, --html DIR, or both")
     if size < 32:
         raise LAVTUserError(f"--tile must be at least 32 pixels, got {size}")
-    refer = Refer(root, dataset, split_by, image_dir=image_dir)
+    refer = open_refer(root, dataset, split_by, image_dir=image_dir)
     samples = [draw_sample(refer, ref_id, size) for ref_id in choose_refs(refer, split, num, seed)]
     written = []
     if out is not None:

@@ -8,104 +8,22 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from lavt.data.transforms import image_to_tensor
 from lavt.errors import LAVTUserError
+from lavt.images import ImageInput, load_image
 from lavt.loading import default_tokenizer, load_model
 from lavt.models.no_target import decide
 from lavt.precision import PRECISIONS, autocast
+from lavt.runtime.prediction import Prediction
 
-ImageInput = str | Path | Image.Image | np.ndarray
-
-
-@dataclass
-class Prediction:
-    """One expression's result at the original image size.
-
-    mask: bool (H, W), the referred object; probability: float32 (H, W), P(object) per pixel.
-    no_target: whether the expression names nothing in the image (then the mask is empty), None
-    when the model makes no such decision; no_target_probability: the head's probability of
-    that (None also for the area rule).
-    """
-
-    expression: str
-    mask: np.ndarray
-    probability: np.ndarray
-    no_target: bool | None = None
-    no_target_probability: float | None = None
-
-    @property
-    def area(self) -> int:
-        return int(self.mask.sum())
-
-
-def load_image(image: ImageInput) -> Image.Image:
-    """Any supported input -> an RGB PIL image, EXIF orientation applied.
-
-    Paths and PIL images of any mode (RGBA, LA, P, L, I;16, I, F, CMYK); arrays HxW, HxWx1,
-    HxWx3 or HxWx4 of uint8, uint16 (scaled by its maximum range) or float in [0, 1].
-    """
-    if isinstance(image, (str, Path)):
-        path = Path(image)
-        if not path.is_file():
-            raise LAVTUserError(f"image {path} does not exist")
-        try:
-            with Image.open(path) as im:
-                im.load()
-                pil = ImageOps.exif_transpose(im)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise LAVTUserError(f"{path} is not a readable image: {exc}") from exc
-        return _to_rgb(pil)
-    if isinstance(image, Image.Image):
-        return _to_rgb(ImageOps.exif_transpose(image))
-    if isinstance(image, np.ndarray):
-        return _array_to_rgb(image)
-    raise LAVTUserError(f"image must be a path, a PIL image or an HxWx3 array, got {type(image).__name__}")
-
-
-def _to_rgb(im: Image.Image) -> Image.Image:
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(im)
-        if arr.dtype.kind == "f":
-            arr = np.clip(arr, 0.0, 1.0) * 255.0
-        else:
-            arr = arr.astype(np.float64) * (255.0 / (65535.0 if arr.max() > 255 else 255.0))
-        return Image.fromarray(arr.round().astype(np.uint8)).convert("RGB")
-    if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-        # Transparent pixels over white, as image viewers show them.
-        rgba = im.convert("RGBA")
-        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(canvas, rgba).convert("RGB")
-    return im.convert("RGB")
-
-
-def _array_to_rgb(arr: np.ndarray) -> Image.Image:
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[:, :, 0]
-    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)) or min(arr.shape[:2]) < 1:
-        raise LAVTUserError(f"image array must be HxW, HxWx3 or HxWx4, got shape {arr.shape}")
-    if arr.dtype == np.uint8:
-        out = arr
-    elif arr.dtype == np.uint16:
-        out = (arr.astype(np.float64) * (255.0 / 65535.0)).round().astype(np.uint8)
-    elif arr.dtype.kind == "f":
-        if not np.isfinite(arr).all():
-            raise LAVTUserError("image array holds NaN or infinite values")
-        out = (np.clip(arr, 0.0, 1.0) * 255.0).round().astype(np.uint8)
-    elif arr.dtype == np.bool_:
-        out = arr.astype(np.uint8) * 255
-    else:
-        raise LAVTUserError(f"image array dtype {arr.dtype} is not supported (use uint8, uint16 or float in [0, 1])")
-    pil = Image.fromarray(np.ascontiguousarray(out))
-    return _to_rgb(pil)
+__all__ = ["ImageInput", "Prediction", "Predictor", "load_image"]
 
 
 class Predictor:

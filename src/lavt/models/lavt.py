@@ -17,6 +17,7 @@ from torch import nn
 
 from lavt import ops
 from lavt.errors import LAVTUserError
+from lavt.hub import resolve_source, write_model_card
 from lavt.models.backbone import MultiModalSwin
 from lavt.models.config import LAVTConfig
 from lavt.models.decoder import SimpleDecoding
@@ -203,11 +204,20 @@ class LAVT(nn.Module):
         return (logits, self._no_target_logit(feats, l, m)) if return_no_target else logits
 
     # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, folder: str | Path, tokenizer: Any = None, dtype: torch.dtype | None = None) -> Path:
-        """Write config.json + model.safetensors (and the tokenizer's files when given).
+    def save_pretrained(
+        self,
+        folder: str | Path,
+        tokenizer: Any = None,
+        dtype: torch.dtype | None = None,
+        card: dict[str, Any] | None = None,
+    ) -> Path:
+        """Write config.json + model.safetensors, a model card README.md (and the tokenizer's
+        files when given).
 
         `dtype` (e.g. torch.float16) stores floating-point weights at that precision to halve
         the file; `from_pretrained` loads them back into the model's float32 parameters.
+        `card`: what the model card should add (`datasets`, `metrics`, `notes`; see
+        `lavt.hub.write_model_card`).
         """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -221,12 +231,14 @@ class LAVT(nn.Module):
         save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
         if tokenizer is not None:
             tokenizer.save_pretrained(folder)
+        write_model_card(folder, self.config.to_dict(), **(card or {}))
         return folder
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> LAVT:
-        """Rebuild a model written by `save_pretrained` (strict load)."""
-        folder = Path(folder)
+        """Rebuild a model written by `save_pretrained` (strict load). `folder` may also be a
+        Hugging Face Hub id (`org/name`, `org/name@revision`) of such a folder."""
+        folder = resolve_source(folder)
         cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
         if not folder.is_dir():
             raise LAVTUserError(f"{folder} is not a folder; give a folder written by save_pretrained or `lavt convert`")

@@ -1,0 +1,80 @@
+"""The exported graphs against the torch model: random inputs and one real example.
+
+The real example is a generated scene (`lavt.data.synthref`) with two written expressions,
+through the same pre-processing and tokenisation as prediction. float32 graphs must agree
+with torch within `FLOAT32_TOLERANCE` on the logits; int8 graphs are measured, not held to it.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from lavt.data.synthref.scenes import render_scene, sample_scene
+from lavt.errors import LAVTUserError
+from lavt.export.graph import example_inputs
+from lavt.images import image_to_array
+from lavt.models import LAVT
+from lavt.runtime.session import OnnxModel
+
+FLOAT32_TOLERANCE = 1e-4
+EXAMPLE_EXPRESSIONS = ("the large red circle on the left", "the small square")
+
+
+def example_scene(size: tuple[int, int], seed: int = 0) -> Image.Image:
+    """A generated scene of four shapes at the graphs' input size."""
+    rng = np.random.default_rng(seed)
+    objects = sample_scene(rng, size[0], size[1], 4, None, 0.0)
+    pixels = render_scene(rng, objects, size[0], size[1])
+    return Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8))
+
+
+def _onnx_logits(onnx: OnnxModel, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    if onnx.takes_ids:
+        return onnx.logits(inputs["image"], inputs["input_ids"], inputs["attention_mask"])
+    return onnx.logits_from_features(inputs["image"], inputs["text_features"], inputs["text_mask"])
+
+
+@torch.no_grad()
+def _torch_logits(model: LAVT, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    image = torch.from_numpy(inputs["image"])
+    if model.text_encoder is not None:
+        out = model(image, torch.from_numpy(inputs["input_ids"]), torch.from_numpy(inputs["attention_mask"]))
+    else:
+        out = model(image, text_features=torch.from_numpy(inputs["text_features"]), text_mask=torch.from_numpy(inputs["text_mask"]))
+    return out.float().numpy()
+
+
+def parity_inputs(model: LAVT, size: tuple[int, int], tokens: int, tokenizer: Any = None) -> dict[str, dict[str, np.ndarray]]:
+    """{'random': batch of three random rows, 'example': a generated scene with two expressions}."""
+    random = {k: v.numpy() for k, v in example_inputs(model, size, tokens, batch=3, seed=1).items()}
+    image = image_to_array(example_scene(size), size)[None]
+    n = len(EXAMPLE_EXPRESSIONS)
+    example = {"image": np.repeat(image, n, axis=0)}
+    if tokenizer is not None and model.text_encoder is not None:
+        ids, mask = tokenizer(list(EXAMPLE_EXPRESSIONS))
+        example.update(input_ids=ids.numpy(), attention_mask=mask.numpy(), text_mask=mask.numpy())
+    else:
+        example.update({k: v[:n] for k, v in random.items() if k != "image"})
+    return {"random": random, "example": example}
+
+
+def measure(model: LAVT, onnx: OnnxModel, inputs: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
+    """Largest absolute logit difference per input set, and the share of pixels whose argmax differs."""
+    out: dict[str, float] = {}
+    for name, feeds in inputs.items():
+        ours, ref = _onnx_logits(onnx, feeds), _torch_logits(model, feeds)
+        out[f"{name}_max_abs"] = float(np.abs(ours - ref).max())
+        out[f"{name}_mask_mismatch"] = float((ours.argmax(1) != ref.argmax(1)).mean())
+    return out
+
+
+def check_float32(result: dict[str, float], folder: Any) -> None:
+    worst = max(v for k, v in result.items() if k.endswith("_max_abs"))
+    if not worst <= FLOAT32_TOLERANCE:
+        raise LAVTUserError(
+            f"the float32 export in {folder} differs from the torch model by {worst:.3g} on the logits "
+            f"(allowed {FLOAT32_TOLERANCE:g}); the graphs are kept for inspection: report this with the model's config.json"
+        )

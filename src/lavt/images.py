@@ -1,0 +1,103 @@
+"""Images in, model input out, without torch: reading any image and the official normalisation.
+
+Shared by the torch side (`lavt.inference`, the datasets) and the torch-free ONNX runtime
+(`lavt.runtime`), so that both see identical pixels: the image is turned into RGB with its
+EXIF orientation applied, resized to the model's input with PIL bilinear (what torchvision's
+`resize` does on PIL images), scaled to [0, 1] and normalised with the ImageNet mean and
+standard deviation, all in float32.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from lavt.errors import LAVTUserError
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+ImageInput = str | Path | Image.Image | np.ndarray
+
+
+def load_image(image: ImageInput) -> Image.Image:
+    """Any supported input -> an RGB PIL image, EXIF orientation applied.
+
+    Paths and PIL images of any mode (RGBA, LA, P, L, I;16, I, F, CMYK); arrays HxW, HxWx1,
+    HxWx3 or HxWx4 of uint8, uint16 (scaled by its maximum range) or float in [0, 1].
+    """
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        if not path.is_file():
+            raise LAVTUserError(f"image {path} does not exist")
+        try:
+            with Image.open(path) as im:
+                im.load()
+                pil = ImageOps.exif_transpose(im)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            raise LAVTUserError(f"{path} is not a readable image: {exc}") from exc
+        return _to_rgb(pil)
+    if isinstance(image, Image.Image):
+        return _to_rgb(ImageOps.exif_transpose(image))
+    if isinstance(image, np.ndarray):
+        return _array_to_rgb(image)
+    raise LAVTUserError(f"image must be a path, a PIL image or an HxWx3 array, got {type(image).__name__}")
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(im)
+        if arr.dtype.kind == "f":
+            arr = np.clip(arr, 0.0, 1.0) * 255.0
+        else:
+            arr = arr.astype(np.float64) * (255.0 / (65535.0 if arr.max() > 255 else 255.0))
+        return Image.fromarray(arr.round().astype(np.uint8)).convert("RGB")
+    if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+        # Transparent pixels over white, as image viewers show them.
+        rgba = im.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def _array_to_rgb(arr: np.ndarray) -> Image.Image:
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)) or min(arr.shape[:2]) < 1:
+        raise LAVTUserError(f"image array must be HxW, HxWx3 or HxWx4, got shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        out = arr
+    elif arr.dtype == np.uint16:
+        out = (arr.astype(np.float64) * (255.0 / 65535.0)).round().astype(np.uint8)
+    elif arr.dtype.kind == "f":
+        if not np.isfinite(arr).all():
+            raise LAVTUserError("image array holds NaN or infinite values")
+        out = (np.clip(arr, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    elif arr.dtype == np.bool_:
+        out = arr.astype(np.uint8) * 255
+    else:
+        raise LAVTUserError(f"image array dtype {arr.dtype} is not supported (use uint8, uint16 or float in [0, 1])")
+    pil = Image.fromarray(np.ascontiguousarray(out))
+    return _to_rgb(pil)
+
+
+def image_to_array(
+    image: Image.Image,
+    size: int | tuple[int, int] | None,
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
+) -> np.ndarray:
+    """RGB PIL image -> float32 (3, H, W), resized (bilinear) to `size` and normalised.
+
+    `size` is an int for a square, a (height, width) pair, or None to keep the image size.
+    """
+    image = image.convert("RGB")
+    if size is not None:
+        height, width = (size, size) if isinstance(size, int) else size
+        if image.size != (width, height):
+            image = image.resize((width, height), Image.Resampling.BILINEAR)
+    array = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / np.float32(255.0)
+    mean_ = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
+    std_ = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
+    return np.ascontiguousarray((array - mean_) / std_)

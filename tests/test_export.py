@@ -1,0 +1,170 @@
+"""`lavt export`: the graphs reproduce the torch model (any batch), the folder is complete and
+self-describing, int8 and split exports, the torch tools run an exported folder, the CLI."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from helpers import tiny_config
+from lavt.cli import main
+from lavt.errors import LAVTUserError
+from lavt.export import export_model, parse_size
+from lavt.export.parity import check_float32
+from lavt.inference import Predictor
+from lavt.models import LAVT
+from lavt.runtime import OnnxModel, OnnxPredictor
+from onnx_helpers import TOKENS, tiny_export, tiny_model_dir
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.getbasetemp() / "onnx"
+
+
+@pytest.fixture(scope="module")
+def exported(root):
+    return tiny_export(root)
+
+
+def _scene(h=61, w=83, seed=0):
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+    arr[10:40, 20:50] = (220, 30, 30)
+    return arr
+
+
+def _batch(model, b, seed):
+    g = torch.Generator().manual_seed(seed)
+    image = torch.randn(b, 3, 48, 48, generator=g)
+    mask = torch.zeros(b, TOKENS, dtype=torch.int64)
+    for i in range(b):
+        mask[i, : 2 + (5 * i) % (TOKENS - 1)] = 1
+    ids = torch.randint(1, 30522, (b, TOKENS), generator=g) * mask
+    return image, ids, mask
+
+
+def test_folder_contents_and_config(exported):
+    names = {p.name for p in exported.iterdir()}
+    assert {"model.onnx", "config.json", "tokenizer.json", "vocab.txt", "tokenizer_config.json", "README.md"} <= names
+    cfg = json.loads((exported / "config.json").read_text())
+    assert cfg["model_type"] == "lavt_onnx" and cfg["parts"] == "full" and cfg["precision"] == "float32"
+    assert cfg["graphs"] == {"float32": {"full": "model.onnx"}}
+    assert cfg["image_size"] == [48, 48] and cfg["max_tokens"] == TOKENS and cfg["opset"] == 18
+    assert cfg["mean"] == [0.485, 0.456, 0.406] and cfg["std"] == [0.229, 0.224, 0.225]
+    assert cfg["model_config"]["embed_dim"] == 8
+    assert cfg["parity"]["float32"]["random_max_abs"] <= 1e-4 and cfg["parity"]["float32"]["example_max_abs"] <= 1e-4
+    graph = onnx.load(str(exported / "model.onnx"))
+    assert [i.name for i in graph.graph.input] == ["image", "input_ids", "attention_mask"]
+    assert [o.name for o in graph.graph.output] == ["logits"]
+    dims = [d.dim_param or d.dim_value for d in graph.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, 48, 48]
+    assert graph.opset_import[0].version == 18
+    # The text encoder is inside the graph: its word embeddings (vocabulary x width) are a weight of it.
+    assert (30522, 32) in {tuple(init.dims) for init in graph.graph.initializer}
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_float32_graph_equals_torch_at_any_batch(root, exported, batch):
+    model = LAVT.from_pretrained(tiny_model_dir(root))
+    image, ids, mask = _batch(model, batch, seed=batch)
+    with torch.no_grad():
+        ref = model(image, ids, mask).numpy()
+    ours = OnnxModel(exported).logits(image.numpy(), ids.numpy(), mask.numpy())
+    assert ours.shape == (batch, 2, 48, 48)
+    np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
+
+
+def test_predictions_equal_the_torch_predictor(root, exported):
+    torch_p = Predictor.from_pretrained(tiny_model_dir(root))
+    onnx_p = OnnxPredictor(exported)
+    texts = ["the red square", "the thing on the left", "a"]
+    ours, ref = onnx_p.predict(_scene(), texts), torch_p.predict(_scene(), texts)
+    for a, b in zip(ours, ref):
+        assert a.expression == b.expression and a.mask.shape == b.mask.shape == (61, 83)
+        np.testing.assert_allclose(a.probability, b.probability, atol=2e-5, rtol=0)
+        assert (a.mask != b.mask).mean() < 1e-3
+
+
+def test_torch_tools_run_an_exported_folder(root, exported):
+    via_onnx = Predictor.from_pretrained(exported)  # loading sees the export and runs onnxruntime
+    assert type(via_onnx.model).__name__ == "OnnxLAVT" and via_onnx.tokenizer.max_tokens == TOKENS
+    direct = OnnxPredictor(exported)
+    texts = ["the red square", "the blue one"]
+    for a, b in zip(via_onnx.predict(_scene(), texts), direct.predict(_scene(), texts)):
+        np.testing.assert_allclose(a.probability, b.probability, atol=1e-6, rtol=0)
+        assert np.array_equal(a.mask, b.mask)
+
+
+def test_split_export_caches_text_features(root, exported):
+    split = tiny_export(root, parts="split")
+    cfg = json.loads((split / "config.json").read_text())
+    assert cfg["graphs"]["float32"] == {"text": "text_encoder.onnx", "vision": "vision.onnx"}
+    full_p, split_p = OnnxPredictor(exported), OnnxPredictor(split)
+    texts = ["the red square", "the left one", "the red square"]
+    for a, b in zip(split_p.predict(_scene(), texts), full_p.predict(_scene(), texts)):
+        np.testing.assert_allclose(a.probability, b.probability, atol=1e-5, rtol=0)
+    assert len(split_p._features) == 2  # two distinct expressions, computed once each
+    calls = []
+    real = split_p.model.text_features
+    split_p.model.text_features = lambda *a: calls.append(a) or real(*a)
+    split_p.predict(_scene(seed=1), ["the left one"])
+    assert calls == []  # cached: only the vision graph ran
+
+
+def test_int8_graph_beside_the_float32_one(root):
+    folder = tiny_export(root, quantize="int8")
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["precision"] == "int8" and cfg["graphs"]["int8"] == {"full": "model.int8.onnx"}
+    assert (folder / "model.onnx").is_file() and (folder / "model.int8.onnx").is_file()
+    ops = {n.op_type for n in onnx.load(str(folder / "model.int8.onnx")).graph.node}
+    assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops
+    assert OnnxPredictor(folder).precision == "int8"
+    assert OnnxPredictor(folder, precision="float32").precision == "float32"
+    assert 0 < cfg["parity"]["int8"]["random_max_abs"] < 1.0  # measured, close but not float32-exact
+    assert (folder / "model.int8.onnx").stat().st_size < (folder / "model.onnx").stat().st_size
+
+
+def test_model_without_text_encoder_exports_the_vision_graph(tmp_path):
+    torch.manual_seed(0)
+    model = LAVT(tiny_config(text_encoder=None, image_size=40)).eval()
+    folder = export_model(model.save_pretrained(tmp_path / "m"), tmp_path / "e", image_size="40,56", tokens=6).folder
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["inputs"] == "features" and cfg["tokenizer"] is None and cfg["image_size"] == [40, 56]
+    with pytest.raises(LAVTUserError, match="without a text encoder"):
+        OnnxPredictor(folder)
+    with pytest.raises(LAVTUserError, match="needs a model with a text encoder"):
+        export_model(tmp_path / "m", tmp_path / "e2", parts="split")
+
+
+def test_argument_errors(root, exported):
+    assert parse_size("480", 1) == (480, 480) and parse_size("100,148", 1) == (100, 148) and parse_size(None, 64) == (64, 64)
+    with pytest.raises(LAVTUserError, match="--image-size must be S or H,W"):
+        parse_size("big", 1)
+    with pytest.raises(LAVTUserError, match="--tokens must be between 2 and the text encoder's 32 positions"):
+        export_model(tiny_model_dir(root), root / "bad", tokens=40)
+    with pytest.raises(LAVTUserError, match=r"image must be \(B, 3, 48, 48\) for this export"):
+        OnnxModel(exported).logits(np.zeros((1, 3, 40, 40), np.float32), np.zeros((1, TOKENS)), np.zeros((1, TOKENS)))
+    with pytest.raises(LAVTUserError, match="has no int8 graphs"):
+        OnnxModel(exported, precision="int8")
+    with pytest.raises(LAVTUserError, match=r"differs from the torch model by 0.002 on the logits \(allowed 0.0001\)"):
+        check_float32({"random_max_abs": 2e-3, "example_max_abs": 0.0}, "DIR")
+
+
+def test_cli_export_then_predict_through_the_folder(root, tmp_path, capsys):
+    out = tmp_path / "exported"
+    assert main(["export", "-c", str(tiny_model_dir(root)), "--out", str(out), "--tokens", "10"]) == 0
+    printed = capsys.readouterr().out
+    assert "float32: largest logit difference to torch" in printed and "model.onnx" in printed
+    assert json.loads((out / "config.json").read_text())["max_tokens"] == 10
+    from PIL import Image
+
+    Image.fromarray(_scene()).save(tmp_path / "scene.png")
+    assert main(["predict", "-c", str(out), str(tmp_path / "scene.png"), "the red square", "--out", str(tmp_path / "p")]) == 0
+    assert "[1] 'the red square'" in capsys.readouterr().out
+    assert (tmp_path / "p" / "scene_1_mask.png").is_file()
+    assert main(["export", "-c", str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err
