@@ -10,7 +10,8 @@ import os
 # option -> TrainConfig key, for the options common enough to deserve a flag
 FLAGS: dict[str, tuple[str, type | None, str]] = {
     "--data-root": ("data_root", str, "refer-format data folder (holds <dataset>/refs(...).p)"),
-    "--dataset": ("dataset", str, "refcoco, refcoco+, refcocog, synthref ... (default refcoco)"),
+    "--dataset": ("dataset", str, "refcoco, refcoco+, refcocog, synthref, grefcoco ... (default refcoco)"),
+    "--image-root": ("image_dir", str, "image folder when not the dataset's standard one"),
     "--split-by": ("split_by", str, "partition: unc (default), umd for refcocog, google"),
     "--output-dir": ("output_dir", str, "run folder: checkpoint.pt, model_best/, log.jsonl, curves.png"),
     "--model": ("model", str, "Swin size: tiny, small, base (default), large"),
@@ -48,7 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bars")
     p.add_argument("--tensorboard", dest="tensorboard", action="store_true", default=None, help="also log to TensorBoard (if installed)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="any TrainConfig key, e.g. --set lr_decoder=1e-4 --set model_overrides.window_size=12")
+                   help="any TrainConfig key, e.g. --set lr_decoder=1e-4 --set model_overrides.window_size=12 "
+                        "(--set model_overrides.no_target=head: learn no-target expressions)")
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
     p.set_defaults(func=run)
 

@@ -50,6 +50,7 @@ class RunConfig:
     split_by: str | None = None  # None: unc, or umd for refcocog
     mask_mode: Literal["any", "official"] = "any"
     max_images: int | None = None  # cap on images read (quick runs)
+    image_dir: str | None = None  # image folder when not the dataset's standard one (--image-root)
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     precision: Precision = "fp32"
     progress: bool = True
@@ -124,6 +125,7 @@ class TrainConfig(RunConfig):
     dice_weight: float = 1.0
     loss_normalization: Literal["global", "local"] = "global"
     clip_grad_norm: float | None = None
+    no_target_loss_weight: float = 0.1  # the no-target head's loss beside the mask loss (model no_target=head)
     # --- hardware ---
     activation_checkpointing: bool = False
     sync_batchnorm: bool = True
@@ -141,7 +143,7 @@ class TrainConfig(RunConfig):
         super()._check_values()
         _positive(self, "epochs", "batch_size", "image_size", "log_every")
         _positive(self, "micro_batch_size", "val_max_images", "steps_per_epoch", optional=True)
-        _non_negative(self, "lr", "weight_decay", "warmup_steps", "num_workers", "dice_weight", "seed")
+        _non_negative(self, "lr", "weight_decay", "warmup_steps", "num_workers", "dice_weight", "seed", "no_target_loss_weight")
         _non_negative(self, "lr_backbone", "lr_decoder", "lr_text", "text_layers_trained", optional=True)
         if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
             _bad("clip_grad_norm", self.clip_grad_norm, "must be positive (or null to disable clipping)")
@@ -178,10 +180,17 @@ class EvalConfig(RunConfig):
     per_expression: str | None = None  # JSON-lines file, one line per expression
     overlays: str | None = None  # folder for overlay images of the worst cases
     num_worst: int = 20
+    # generalised datasets: the no-target rule (None: the model's), its area threshold (None:
+    # the model's), or the area threshold with the best gIoU on this split
+    no_target: Literal["none", "area", "head"] | None = None
+    no_target_threshold: float | None = None
+    pick_no_target_threshold: bool = False
 
     def _check_values(self) -> None:
         super()._check_values()
         _positive(self, "max_batch", "num_worst")
+        if self.no_target_threshold is not None and not 0.0 <= self.no_target_threshold < 1.0:
+            _bad("no_target_threshold", self.no_target_threshold, "must lie in [0, 1) (a share of the image)")
         _positive(self, "image_size", optional=True)
         _non_negative(self, "num_workers")
         if self.checkpoint is None:

@@ -31,6 +31,7 @@ from lavt.data.dataset import ReferImageGroups
 from lavt.data.tokenization import ExpressionTokenizer
 from lavt.engine.config import EvalConfig
 from lavt.engine.distributed import DistEnv, all_gather_objects, process_group
+from lavt.engine.generalized import GeneralizedScores, group_decisions, pick_area_threshold
 from lavt.engine.loop import progress_bar
 from lavt.engine.samplers import ShardSampler
 from lavt.errors import LAVTUserError
@@ -64,6 +65,8 @@ def score_image_group(
     precision: str = "fp32",
     return_preds: bool = True,
     original: bool = True,
+    decisions: list | None = None,
+    no_target: tuple[str, float] = ("none", 0.0),
 ) -> tuple[list[tuple[int, int]], list[tuple[int, int]], list[np.ndarray]]:
     """All expressions of one image, `max_batch` per forward (None: all at once).
 
@@ -72,7 +75,9 @@ def score_image_group(
     `text_mask`), and, with `original`, `orig_masks` (E masks of the original (H,W)).
     Returns (I, U) per expression at the square size, (I, U) at the original size (empty
     without `original`), and (when `return_preds`) the predicted masks, bool (H,W) each, at
-    the original size (at the square size without `original`)."""
+    the original size (at the square size without `original`). A `decisions` list receives
+    each expression's no-target decision under `no_target` = (mode, area threshold), as
+    `lavt.engine.generalized.group_decisions` gives it."""
     image = group["image"].to(device)[None]
     keys = ("text_features", "text_mask") if "text_features" in group else ("input_ids", "attention_mask")
     text = {k: group[k].to(device) for k in keys}
@@ -84,16 +89,20 @@ def score_image_group(
     at_original: list[tuple[int, int]] = []
     preds: list[np.ndarray] = []
     segment = getattr(model, "segment_expressions", None)
+    extra = {"return_no_target": True} if decisions is not None and no_target[0] == "head" else {}
     for s in range(0, n, step):
         e = min(n, s + step)
         chunk = {k: v[s:e] for k, v in text.items()}
         with autocast(precision, device):
             if segment is not None:
-                logits = segment(image, **chunk)
+                logits = segment(image, **chunk, **extra)
             else:
-                logits = model(image.expand(e - s, -1, -1, -1), **chunk)
+                logits = model(image.expand(e - s, -1, -1, -1), **chunk, **extra)
+        logits, nt_logit = logits if extra else (logits, None)
         logits = logits.float()
         pred = logits.argmax(1).bool()
+        if decisions is not None:
+            decisions += group_decisions(no_target[0], no_target[1], pred, nt_logit)
         gt = gts[s:e].bool()
         square += list(zip((pred & gt).flatten(1).sum(1).tolist(), (pred | gt).flatten(1).sum(1).tolist()))
         if origs is None:
@@ -133,8 +142,9 @@ def _run(config: EvalConfig, env: DistEnv, loaded: Any) -> EvalResult:
     split_by = config.resolved_split_by
     ds = ReferImageGroups(
         config.data_root, config.dataset, split_by, config.split, tokenizer=tokenizer,
-        image_size=image_size, mask_mode=config.mask_mode, max_images=config.max_images,
+        image_size=image_size, mask_mode=config.mask_mode, max_images=config.max_images, image_dir=config.image_dir,
     )
+    generalized = _generalized(config, model) if ds.generalized else None
     loader = DataLoader(ds, batch_size=None, sampler=ShardSampler(len(ds), env.rank, env.world_size), num_workers=config.num_workers)
 
     official, original = ReferringMetrics(), ReferringMetrics()
@@ -146,14 +156,23 @@ def _run(config: EvalConfig, env: DistEnv, loaded: Any) -> EvalResult:
     bar = progress_bar(len(loader), f"{config.dataset} {config.split}", config.progress and env.is_main)
     counter = 0
     for group in loader:
-        sq, og, preds = score_image_group(model, group, env.device, config.max_batch, config.precision, keep_preds)
+        decisions = None if generalized is None else []
+        sq, og, preds = score_image_group(model, group, env.device, config.max_batch, config.precision, keep_preds,
+                                          decisions=decisions, no_target=_rule(generalized))
         for k, ((i1, u1), (i2, u2)) in enumerate(zip(sq, og)):
-            iou1, iou2 = official.add(i1, u1), original.add(i2, u2)
+            gt_nt = generalized is not None and bool(group["no_targets"][k])
+            if gt_nt:  # the classic metrics cover the targeted expressions
+                iou1, iou2 = (i1 / u1 if u1 else 0.0), (i2 / u2 if u2 else 0.0)
+            else:
+                iou1, iou2 = official.add(i1, u1), original.add(i2, u2)
             rec = {
                 "image_id": int(group["image_id"]), "ref_id": int(group["ref_ids"][k]), "sent_id": int(group["sent_ids"][k]),
                 "expression": group["expressions"][k],
                 "official": {"I": i1, "U": u1, "IoU": iou1}, "original": {"I": i2, "U": u2, "IoU": iou2},
             }
+            if generalized is not None:
+                rec.update(generalized.add((i1, u1), (i2, u2), decisions[k], gt_nt))
+                iou2 = rec["gIoU"]["original"]
             records.append(rec)
             if keep_preds:
                 item = (-iou2, counter, rec, np.packbits(preds[k]), preds[k].shape)
@@ -169,14 +188,16 @@ def _run(config: EvalConfig, env: DistEnv, loaded: Any) -> EvalResult:
 
     official.all_reduce(env.device)
     original.all_reduce(env.device)
+    if generalized is not None:
+        generalized.all_reduce(env.device)
     if official.count == 0:
-        raise LAVTUserError(f"{config.dataset}/{split_by}/{config.split} has no expressions to score")
+        raise LAVTUserError(f"{config.dataset}/{split_by}/{config.split} has no expressions to score (none with a target)")
     all_records = [r for part in all_gather_objects(records, env) for r in part]
     metrics = {"official": official.compute(), "original": original.compute()}
     counts = {
         "images": ds.num_images,
         "refs": ds.num_refs,
-        "expressions": official.count,
+        "expressions": official.count if generalized is None else generalized.official.count,
         "skipped_images": ds.skipped,
     }
     report = {
@@ -202,6 +223,9 @@ def _run(config: EvalConfig, env: DistEnv, loaded: Any) -> EvalResult:
         "precision": config.precision,
         "seconds": round(time.time() - t0, 3),
     }
+    if generalized is not None:
+        report["generalized"] = _generalized_report(generalized, config, env)
+        counts["targeted"] = official.count
     worst_all = [w for part in all_gather_objects(worst, env) for w in part] if keep_preds else []
     if env.is_main:
         if config.json:
@@ -212,6 +236,35 @@ def _run(config: EvalConfig, env: DistEnv, loaded: Any) -> EvalResult:
             chosen = sorted(worst_all, key=lambda w: (-w[0], w[1]))[: config.num_worst]
             write_overlays(ds, chosen, Path(config.overlays))
     return EvalResult(metrics, counts, report, all_records)
+
+
+def _generalized(config: EvalConfig, model: Any) -> GeneralizedScores:
+    """The no-target rule of this evaluation: the config's, else the model's."""
+    mode = config.no_target or model.config.no_target
+    threshold = model.config.no_target_threshold if config.no_target_threshold is None else config.no_target_threshold
+    if mode == "head" and getattr(model, "no_target_head", None) is None:
+        raise LAVTUserError("no_target=head needs a model with a no-target head (trained with model_overrides.no_target=head); "
+                            "use no_target=area with this model")
+    if config.pick_no_target_threshold and mode != "area":
+        raise LAVTUserError(f"pick_no_target_threshold picks the threshold of no_target=area, but the rule is {mode!r}; "
+                            "also pass --no-target area")
+    return GeneralizedScores(mode, threshold, keep_for_picking=config.pick_no_target_threshold)
+
+
+def _rule(generalized: GeneralizedScores | None) -> tuple[str, float]:
+    return ("none", 0.0) if generalized is None else (generalized.mode, generalized.threshold)
+
+
+def _generalized_report(generalized: GeneralizedScores, config: EvalConfig, env: DistEnv) -> dict[str, Any]:
+    """The generalised metrics of both protocols under the rule used (or the picked threshold)."""
+    out: dict[str, Any] = {"no_target": generalized.mode, "no_target_threshold": generalized.threshold}
+    if config.pick_no_target_threshold:
+        rows = [r for part in all_gather_objects(generalized.rows, env) for r in part]
+        out["no_target_threshold"], out["metrics"] = pick_area_threshold(rows)
+        out["picked"] = True
+    else:
+        out["metrics"] = generalized.compute()
+    return out
 
 
 def _write_json(path: Path, obj: Any) -> None:

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from lavt.engine.distributed import DistEnv, all_reduce_sum, broadcast_object
+from lavt.engine.generalized import NoTargetTerm
 from lavt.engine.losses import SegmentationLoss
 from lavt.engine.optim import PolyWarmupLR
 from lavt.engine.samplers import to_device
@@ -74,12 +75,14 @@ class StepResult:
     progress: float
 
 
-def forward_batch(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+def forward_batch(model: nn.Module, batch: dict[str, Any], return_no_target: bool = False) -> Any:
     """Logits of a batch given as token ids (`input_ids`, `attention_mask`) or as
-    precomputed text features (`text_features`, `text_mask`: a frozen text encoder)."""
+    precomputed text features (`text_features`, `text_mask`: a frozen text encoder); with
+    `return_no_target`, (logits, no-target logits) as `LAVT.forward` gives them."""
+    extra = {"return_no_target": True} if return_no_target else {}
     if "text_features" in batch:
-        return model(batch["image"], text_features=batch["text_features"], text_mask=batch["text_mask"])
-    return model(batch["image"], batch["input_ids"], batch["attention_mask"])
+        return model(batch["image"], text_features=batch["text_features"], text_mask=batch["text_mask"], **extra)
+    return model(batch["image"], batch["input_ids"], batch["attention_mask"], **extra)
 
 
 class TrainStep:
@@ -90,7 +93,8 @@ class TrainStep:
     the gradient does not depend on how the total batch is split over processes and
     micro-batches; `'local'` averages the micro-batches' own means. On a non-finite loss it
     raises `TrainingDiverged` before touching the weights; the message says where
-    (`where(step)`), then `hint`, then `advice`.
+    (`where(step)`), then `hint`, then `advice`. `no_target` adds the no-target head's loss
+    (generalised referring segmentation, `lavt.engine.generalized`).
     """
 
     def __init__(
@@ -106,12 +110,14 @@ class TrainStep:
         clip_grad_norm: float | None = None,
         loss_normalization: str = "global",
         advice: str = DEFAULT_ADVICE,
+        no_target: NoTargetTerm | None = None,
     ) -> None:
         self.model, self.criterion, self.optimizer, self.scheduler = model, criterion, optimizer, scheduler
         self.env, self.precision, self.scaler = env, precision, scaler
         self.clip_grad_norm = clip_grad_norm
         self.loss_normalization = loss_normalization
         self.advice = advice
+        self.no_target = no_target
         self.hint = ""
         self.where: Callable[[int], str] = lambda step: f"at optimiser step {step}"
 
@@ -121,6 +127,8 @@ class TrainStep:
         env, device, n = self.env, self.env.device, len(micro)
         if self.loss_normalization == "global":
             local = sum(self.criterion.normalizers(b["mask"].to(device, non_blocking=True)) for b in micro)
+            if self.no_target is not None:
+                local = torch.cat([local, self.no_target.normalizer(micro, device)])
             norms = all_reduce_sum(local, env)
             scale = float(env.world_size)
         else:
@@ -132,8 +140,12 @@ class TrainStep:
             sync = (not env.distributed) or k == n - 1
             with contextlib.nullcontext() if sync else self.model.no_sync():
                 with autocast(self.precision, device):
-                    logits = forward_batch(self.model, batch)
-                loss = self.criterion(logits, batch["mask"], norms) * scale
+                    out = forward_batch(self.model, batch, return_no_target=self.no_target is not None)
+                logits, nt_logit = out if self.no_target is not None else (out, None)
+                loss = self.criterion(logits, batch["mask"], norms)
+                if self.no_target is not None:
+                    loss = loss + self.no_target(nt_logit, batch, None if norms is None else norms[2])
+                loss = loss * scale
                 (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             step_loss += loss.detach().double()
         # One collective per step: the global loss and whether any process saw a bad value.

@@ -41,6 +41,7 @@ from lavt.data.tokenization import ExpressionTokenizer, default_text_encoder_dir
 from lavt.engine import checkpoint as ckpt_io
 from lavt.engine.config import TrainConfig, save_config
 from lavt.engine.distributed import DistEnv, all_gather_objects, barrier, broadcast_object, convert_sync_batchnorm, process_group
+from lavt.engine.generalized import NoTargetTerm
 from lavt.engine.loop import Callback, RunState, TrainEvent, TrainingDiverged, TrainStep, train_one_epoch, validate
 from lavt.engine.losses import SegmentationLoss
 from lavt.engine.memory import keep_freed_memory
@@ -94,7 +95,11 @@ def build_model(config: TrainConfig) -> tuple[nn.Module, Any, dict[str, Any]]:
         cfg_dict = loaded.model.config.to_dict()
         cfg_dict.update(overrides)
         model = LAVT(LAVTConfig.from_dict(cfg_dict))
-        load_state_strict(model, loaded.model.state_dict(), source=str(config.init_from))
+        state = loaded.model.state_dict()
+        if model.no_target_head is not None and not any(k.startswith("no_target_head.") for k in state):
+            # a classic model learning no-target expressions: its no-target head starts fresh
+            state.update({f"no_target_head.{k}": v for k, v in model.no_target_head.state_dict().items()})
+        load_state_strict(model, state, source=str(config.init_from))
         tok_dir = config.tokenizer
         tokenizer = ExpressionTokenizer.from_pretrained(tok_dir, max_tokens=model.config.max_tokens) if tok_dir else loaded.tokenizer
         if tokenizer is None:
@@ -124,7 +129,9 @@ def build_model(config: TrainConfig) -> tuple[nn.Module, Any, dict[str, Any]]:
 
 def build_datasets(config: TrainConfig, tokenizer: Any) -> tuple[Any, Any | None]:
     """Training set (one random expression per object per epoch) and validation set."""
-    common = dict(tokenizer=tokenizer, image_size=config.image_size, mask_mode=config.mask_mode, seed=config.seed)
+    common = dict(
+        tokenizer=tokenizer, image_size=config.image_size, mask_mode=config.mask_mode, seed=config.seed, image_dir=config.image_dir
+    )
     split_by = config.resolved_split_by
     train_ds = ReferDataset(
         config.data_root, config.dataset, split_by, config.train_split, mode="train", max_images=config.max_images, **common
@@ -260,6 +267,7 @@ def _run(config: TrainConfig, env: DistEnv, callback: Callback | None) -> TrainR
         build_scheduler(optimizer, total_steps, config), env=env, precision=config.precision,
         scaler=torch.amp.GradScaler("cuda") if config.precision == "fp16" else None,
         clip_grad_norm=config.clip_grad_norm, loss_normalization=config.loss_normalization,
+        no_target=NoTargetTerm(config.no_target_loss_weight) if net.config.no_target == "head" else None,
     )
 
     state = RunState(total_steps=total_steps, epochs=config.epochs)
