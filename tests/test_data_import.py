@@ -1,7 +1,7 @@
 """`lavt data import`: the three source formats on inputs drawn here, masks read back pixel for
 pixel through the project's reader, the split rules, byte-identical re-runs, every bad record
 named by file and line (and skipped with --skip-bad), and a short `lavt train --preset debug`
-on an imported set."""
+and `lavt evaluate` on an imported set."""
 from __future__ import annotations
 
 import csv
@@ -341,7 +341,7 @@ def test_existing_output_needs_overwrite_and_names_are_checked(tmp_path: Path) -
             import_dataset(source, tmp_path / "data", name)
 
 
-def test_train_debug_preset_on_an_imported_set(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_train_and_evaluate_on_an_imported_set(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from helpers import make_tiny_text_encoder
 
     source, _ = _jsonl_source(tmp_path / "src", images=6)
@@ -355,3 +355,8 @@ def test_train_debug_preset_on_an_imported_set(tmp_path: Path, capsys: pytest.Ca
     assert [e["step"] for e in events if e["event"] == "train"] == [1, 2, 3]
     assert np.isfinite([e["loss"] for e in events if e["event"] == "train"]).all()
     assert "oIoU" in next(e for e in events if e["event"] == "epoch")["val"]
+    scores = tmp_path / "val.json"
+    assert main(["evaluate", "-c", str(run), "--data-root", str(tmp_path / "data"), "--dataset", "mine",
+                 "--split", "val", "--no-progress", "--json", str(scores)]) == 0, capsys.readouterr().err
+    result = json.loads(scores.read_text())
+    assert result["dataset"] == "mine" and result["counts"] == {"images": 2, "refs": 8, "expressions": 16, "skipped_images": 0}
