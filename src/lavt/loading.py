@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from lavt.checkpoint_format import BEST_DIR, CHECKPOINT_NAME, LAST_DIR, is_training_checkpoint
+from lavt.checkpoint_format import BEST_DIR, CHECKPOINT_NAME, LAST_DIR, is_training_checkpoint, verify_checkpoint
 from lavt.data.tokenization import ExpressionTokenizer
 from lavt.errors import LAVTUserError
 from lavt.hub import resolve_source
@@ -88,6 +88,7 @@ def load_model(
 
     ckpt = read_checkpoint(p)
     if is_training_checkpoint(ckpt):
+        verify_checkpoint(ckpt, p)
         model = model_from_training_checkpoint(ckpt, source=str(p))
         tok = None
         for sub in (LAST_DIR, BEST_DIR):

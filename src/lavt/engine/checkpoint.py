@@ -4,20 +4,28 @@ A run folder holds
 
 - `checkpoint.pt`: the full training state after the last finished epoch (model,
   optimiser, LR scheduler, gradient scaler, epoch, step, best score, history, sampler
-  seed/epoch, the RNG states of every process, the resolved config). Written to a temporary
-  file and renamed, so a crash never leaves a half-written checkpoint;
+  seed/epoch, the RNG states of every process, the resolved config) and its content hash.
+  Written to a temporary file, fsynced and renamed, so at every moment `checkpoint.pt` is a
+  complete checkpoint, whatever kills the process when;
+- `checkpoint.prev.pt`: the checkpoint before it (hard-linked before the rename, so it too
+  is complete at every moment), the fallback when `checkpoint.pt` is damaged later;
 - `model_best/` and `model_last/`: `save_pretrained` folders (config.json,
   model.safetensors, tokenizer) for `lavt evaluate` / `lavt predict` / `LAVT.from_pretrained`.
 
 Checkpoint files only hold tensors and plain Python values, so they load with
-`torch.load(weights_only=True)`.
+`torch.load(weights_only=True)`. Checkpoints are written at epoch ends only: the sampler's
+position is the start of the next epoch (its order is a function of seed and epoch), and
+data-loading workers draw their seeds from the restored torch generator, so they need no
+state of their own.
 """
 from __future__ import annotations
 
+import errno
 import os
 import random
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,30 +37,99 @@ from lavt.checkpoint_format import (  # noqa: F401 - re-exported for the engine'
     BEST_DIR,
     CHECKPOINT_NAME,
     FORMAT,
+    HASH_KEY,
     LAST_DIR,
     VERSION,
+    content_hash,
     is_training_checkpoint,
     load_checkpoint,
+    previous_path,
+    verify_checkpoint,
+    with_hash,
 )
 from lavt.errors import LAVTUserError
 
+# Test hook for the crash-safety tests, which SIGKILL a run in the middle of a checkpoint
+# write: with LAVT_TEST_PAUSE_CHECKPOINT=N the N-th `save_training_checkpoint` of the process
+# stops right before its final rename, creates `.<name>.paused` beside the file and sleeps.
+PAUSE_ENV = "LAVT_TEST_PAUSE_CHECKPOINT"
+_writes = 0
 
-def atomic_save(obj: Any, path: str | Path) -> Path:
-    """`torch.save` to a temporary file in the same folder, fsync, then rename over `path`."""
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def atomic_save(obj: Any, path: str | Path, keep_previous: bool = False, _pause: bool = False) -> Path:
+    """`torch.save` to a temporary file in the same folder, fsync, then rename over `path`.
+
+    With `keep_previous`, the file being replaced stays as `previous_path(path)` (hard link,
+    or copy where links are not supported, renamed into place). Any failure (a full disk,
+    an interrupt) removes the temporary file and leaves `path` as it was.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    prev_tmp = path.with_name(f".{path.name}.prev.tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        if keep_previous and path.is_file():
+            if prev_tmp.exists():
+                prev_tmp.unlink()
+            try:
+                os.link(path, prev_tmp)
+            except OSError:  # a filesystem without hard links
+                shutil.copy2(path, prev_tmp)
+            os.replace(prev_tmp, previous_path(path))
+        if _pause:
+            path.with_name(f".{path.name}.paused").touch()
+            time.sleep(3600)
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for p in (tmp, prev_tmp):
+            if os.path.exists(p):
+                os.unlink(p)
         raise
     return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the renames durable (a power cut after the write keeps them)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_training_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write a `training_state` with its content hash, keeping the one it replaces."""
+    global _writes
+    _writes += 1
+    pause = os.environ.get(PAUSE_ENV, "") == str(_writes)
+    return atomic_save(with_hash(state), path, keep_previous=True, _pause=pause)
+
+
+def remove_stale_temporaries(folder: str | Path) -> None:
+    """Delete the temporary files a killed run left in its run folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for p in folder.glob(f".{CHECKPOINT_NAME}.*"):
+        if p.is_file():
+            p.unlink()
+
+
+def is_no_space(exc: BaseException) -> bool:
+    """True for an OSError meaning the disk (or the user's quota) is full."""
+    return isinstance(exc, OSError) and exc.errno in NO_SPACE
 
 
 def save_model_folder(model: torch.nn.Module, folder: str | Path, tokenizer: Any = None) -> Path:

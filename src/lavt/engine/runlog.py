@@ -21,6 +21,8 @@ class RunLog:
         self.enabled = enabled
         self.path = out / LOG_NAME
         self.tb = None
+        if enabled:
+            _end_partial_line(self.path)
         if enabled and tensorboard:
             try:
                 # an optional dependency, imported only when asked for
@@ -45,6 +47,17 @@ class RunLog:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def _end_partial_line(path: Path) -> None:
+    """A run killed while appending leaves a partial last line: end it, so the records a
+    resumed run appends stay one per line (readers skip the broken one)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
+        f.seek(-1, 2)
+        if f.read(1) != b"\n":
+            f.write(b"\n")
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -17,7 +17,12 @@ processes with batch 2 each therefore take the same step.
 
 Exact resume: the checkpoint holds model, optimiser, scheduler, scaler, epoch, step and every
 process's RNG states; the sampler and the expression sampling are pure functions of
-(seed, epoch), so a resumed run ends with the same weights as an uninterrupted one.
+(seed, epoch), so a resumed run ends with the same weights as an uninterrupted one, whenever
+the first run was killed (checkpoints are replaced atomically, see `checkpoint`).
+
+What stops a run keeps the last good checkpoint and says so in one message: a non-finite
+loss (`TrainingDiverged`, naming the step), a checkpoint that cannot be written, e.g. a full
+disk (`LAVTUserError`; the previous checkpoint is untouched), Ctrl-C (`TrainingInterrupted`).
 
 The pieces live beside this module: the step and the epoch in `loop`, samplers and batches in
 `samplers`, the optimiser and schedule in `optim`, the log and curves in `runlog`.
@@ -36,6 +41,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from lavt.data.augment import BoxAugment
 from lavt.data.dataset import ReferDataset
 from lavt.data.tokenization import ExpressionTokenizer, default_text_encoder_dir
 from lavt.engine import checkpoint as ckpt_io
@@ -55,7 +61,12 @@ from lavt.models.text_encoder import bert_config_dict
 
 CONFIG_NAME = "config.yaml"
 
-__all__ = ["TrainEvent", "TrainResult", "TrainingDiverged", "build_datasets", "build_model", "train"]
+__all__ = ["TrainEvent", "TrainResult", "TrainingDiverged", "TrainingInterrupted", "build_datasets", "build_model", "train"]
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `train`: the message says where the run stopped, which checkpoint is
+    the last good one and how to go on."""
 
 
 @dataclass
@@ -136,6 +147,10 @@ def build_datasets(config: TrainConfig, tokenizer: Any) -> tuple[Any, Any | None
     train_ds = ReferDataset(
         config.data_root, config.dataset, split_by, config.train_split, mode="train", max_images=config.max_images, **common
     )
+    if config.box_aug_share > 0:
+        train_ds.augment = BoxAugment(
+            config.box_aug_share, tuple(config.box_aug_count), config.box_aug_size, config.seed, num_refs=len(train_ds.ref_ids)
+        )
     val_ds = None
     if config.val_split:
         mode = "train" if config.val_expressions == "one" else "eval"
@@ -194,6 +209,25 @@ def _restore(resumed: dict[str, Any], path: Path, step: TrainStep, config: Train
         )
     ckpt_io.restore_rng_state(rngs[env.rank] if env.rank < len(rngs) else rngs[0])
     return int(resumed["epoch"]) + 1, int(resumed["global_step"]), dict(resumed["best"]), list(resumed["history"])
+
+
+def _last_good(checkpoint: Path, saved: int | None) -> str:
+    if saved is None:
+        return "no checkpoint had been written yet: run the same command again to start over"
+    return f"the last good checkpoint is {checkpoint} (after epoch {saved}): run the same command with --resume auto to continue"
+
+
+def _write_failure(exc: OSError, epoch: int, out: Path, checkpoint: Path, saved: int | None) -> str:
+    """The one-line message for a checkpoint that could not be written (a full disk most often)."""
+    full = ckpt_io.is_no_space(exc)
+    reason = "no space left on the device" if full else (exc.strerror or str(exc) or type(exc).__name__)
+    kept = (
+        f"the last good checkpoint {checkpoint} (after epoch {saved}) is intact and loadable"
+        if saved is not None
+        else "no checkpoint had been written yet"
+    )
+    fix = "free some space" if full else "make the folder writable"
+    return f"could not write the checkpoint of epoch {epoch} in {out}: {reason}; {kept}; {fix} and run the same command with --resume auto"
 
 
 # ---------------------------------------------------------------------------------------
@@ -263,7 +297,7 @@ def _run(config: TrainConfig, env: DistEnv, callback: Callback | None) -> TrainR
 
     optimizer = build_optimizer(net, config)
     step = TrainStep(
-        model, SegmentationLoss(config.loss, config.ce_weight, config.dice_weight).to(device), optimizer,
+        model, SegmentationLoss(config.loss, config.ce_weight, config.dice_weight, config.ce_loss_weight).to(device), optimizer,
         build_scheduler(optimizer, total_steps, config), env=env, precision=config.precision,
         scaler=torch.amp.GradScaler("cuda") if config.precision == "fp16" else None,
         clip_grad_norm=config.clip_grad_norm, loss_normalization=config.loss_normalization,
@@ -279,6 +313,7 @@ def _run(config: TrainConfig, env: DistEnv, callback: Callback | None) -> TrainR
 
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        ckpt_io.remove_stale_temporaries(out)  # what a run killed while writing left behind
         save_config(config, out / CONFIG_NAME)
     barrier(env)
     log = RunLog(out, env.is_main, config.tensorboard)
@@ -304,6 +339,7 @@ def _run(config: TrainConfig, env: DistEnv, callback: Callback | None) -> TrainR
     checkpoint_path = out / ckpt_io.CHECKPOINT_NAME
     best_dir, last_dir = out / ckpt_io.BEST_DIR, out / ckpt_io.LAST_DIR
     completed = start_epoch  # epochs finished and checkpointed
+    saved = start_epoch if resumed is not None else None  # the epochs checkpoint.pt holds
     try:
         for epoch in range(start_epoch, config.epochs):
             state.epoch = epoch
@@ -333,20 +369,24 @@ def _run(config: TrainConfig, env: DistEnv, callback: Callback | None) -> TrainR
             history.append({k: v for k, v in record.items() if k != "event"})
             rng = all_gather_objects(ckpt_io.capture_rng_state(), env)
             if env.is_main:
-                ckpt_io.atomic_save(
-                    ckpt_io.training_state(
-                        model=net, optimizer=optimizer, scheduler=step.scheduler, scaler=step.scaler, epoch=epoch,
-                        global_step=state.global_step, best=best, history=history, config=config.to_dict(),
-                        sampler={"seed": config.seed, "epoch": epoch, "batch_size": config.batch_size}, rng=rng,
-                    ),
-                    checkpoint_path,
-                )
-                ckpt_io.save_model_folder(net, last_dir, tokenizer)
-                if improved:
-                    ckpt_io.save_model_folder(net, best_dir, tokenizer)
-                log(record)
-                if config.plot:
-                    plot_curves(out / LOG_NAME, out / PLOT_NAME)
+                try:
+                    ckpt_io.save_training_checkpoint(
+                        ckpt_io.training_state(
+                            model=net, optimizer=optimizer, scheduler=step.scheduler, scaler=step.scaler, epoch=epoch,
+                            global_step=state.global_step, best=best, history=history, config=config.to_dict(),
+                            sampler={"seed": config.seed, "epoch": epoch, "batch_size": config.batch_size}, rng=rng,
+                        ),
+                        checkpoint_path,
+                    )
+                    saved = epoch + 1
+                    ckpt_io.save_model_folder(net, last_dir, tokenizer)
+                    if improved:
+                        ckpt_io.save_model_folder(net, best_dir, tokenizer)
+                    log(record)
+                    if config.plot:
+                        plot_curves(out / LOG_NAME, out / PLOT_NAME)
+                except OSError as exc:
+                    raise LAVTUserError(_write_failure(exc, epoch + 1, out, checkpoint_path, saved)) from exc
             barrier(env)
             completed = epoch + 1
             if callback is not None:
@@ -356,6 +396,10 @@ def _run(config: TrainConfig, env: DistEnv, callback: Callback | None) -> TrainR
                 if broadcast_object(stop, env):
                     state.stop = True
                     break
+    except KeyboardInterrupt as exc:
+        raise TrainingInterrupted(
+            f"training stopped at epoch {state.epoch + 1}, optimiser step {state.global_step}; {_last_good(checkpoint_path, saved)}"
+        ) from exc
     finally:
         log.close()
 
