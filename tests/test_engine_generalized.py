@@ -4,6 +4,11 @@ classic ones over the targeted expressions, and the area threshold is picked on 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -93,6 +98,56 @@ def test_area_threshold_is_picked_on_the_split(runs: dict[str, Path]) -> None:
     assert evaluate(EvalConfig(**cfg)).report["generalized"]["no_target"] == "none"  # the model's rule
     with pytest.raises(LAVTUserError, match="no_target=head needs a model with a no-target head"):
         evaluate(EvalConfig(**cfg, no_target="head"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_and_score_as_one(runs: dict[str, Path]) -> None:
+    """torchrun with 2 gloo processes: the head run takes the same steps as in one process (same
+    losses, same head), and the sharded evaluation and threshold picking give the same numbers."""
+    base = runs["base"]
+    args = base / "ddp_args.json"
+    args.write_text(json.dumps({
+        "data_root": str(runs["data"]), "text_dir": str(base / "tinybert"), "init_from": str(runs["classic"]),
+        "out": str(base / "ddp"), "eval_json": str(base / "ddp_eval.json"), "pick_json": str(base / "ddp_pick.json"),
+    }))
+    worker = Path(__file__).resolve().parent / "engine_generalized_ddp_worker.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(worker), str(args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"torchrun did not finish in 300 s:\n{stdout}\n{stderr[-4000:]}")
+    assert proc.returncode == 0, f"workers got to:\n{stdout}\n{stderr[-4000:]}"
+
+    def losses(run: Path) -> list[float]:
+        return [r["loss"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if r["event"] == "train"]
+
+    assert losses(base / "ddp") == pytest.approx(losses(base / "head"), rel=1e-5)
+    one, two = LAVT.from_pretrained(runs["head"]).state_dict(), LAVT.from_pretrained(base / "ddp" / "model_last").state_dict()
+    for key in [k for k in one if k.startswith("no_target_head.")]:
+        torch.testing.assert_close(two[key], one[key], rtol=0, atol=1e-5, msg=key)
+    cfg = dict(data_root=str(runs["data"]), dataset="synthgref", split="val", progress=False)
+    single = evaluate(EvalConfig(checkpoint=str(base / "ddp" / "model_last"), **cfg)).report
+    sharded = json.loads((base / "ddp_eval.json").read_text())
+    assert sharded["world_size"] == 2
+    for protocol in ("official", "original"):
+        assert sharded["generalized"]["metrics"][protocol] == pytest.approx(single["generalized"]["metrics"][protocol])
+        assert sharded["metrics"][protocol] == pytest.approx(single["metrics"][protocol])
+    picked = evaluate(EvalConfig(checkpoint=str(runs["classic"]), no_target="area", pick_no_target_threshold=True, **cfg)).report
+    sharded_pick = json.loads((base / "ddp_pick.json").read_text())["generalized"]
+    assert sharded_pick["no_target_threshold"] == picked["generalized"]["no_target_threshold"]
+    assert sharded_pick["metrics"]["original"] == pytest.approx(picked["generalized"]["metrics"]["original"])
 
 
 def test_pick_area_threshold_by_hand() -> None:
