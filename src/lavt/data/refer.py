@@ -195,7 +195,14 @@ class Refer:
 
         refs = _load_pickle(self.refs_file)
         instances = _load_json(self.instances_file)
-        self._index(refs, instances)
+        self._reading = str(self.refs_file)
+        try:
+            self._index(refs, instances)
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
+            # A value of the wrong type or form (an id that is not a number, ...): name the record.
+            raise LAVTUserError(
+                f"{self._reading} is malformed ({type(exc).__name__}: {exc}); fix or drop that record"
+            ) from exc
 
     # ------------------------------------------------------------------ indexing
     def _index(self, refs: Any, instances: Any) -> None:
@@ -209,17 +216,24 @@ class Refer:
 
         self.images: dict[int, dict] = {}
         for i, image in enumerate(instances["images"]):
+            self._reading = f"{self.instances_file}: images[{i}]"
+            if not isinstance(image, dict):
+                raise LAVTUserError(f"{self._reading} is a {type(image).__name__}, not an object")
             missing = [k for k in ("id", "file_name", "height", "width") if k not in image]
             if missing:
                 raise LAVTUserError(f"{self.instances_file}: images[{i}] lacks {', '.join(missing)}")
             self.images[int(image["id"])] = image
         self.anns: dict[int, dict] = {}
         for i, ann in enumerate(instances["annotations"]):
+            self._reading = f"{self.instances_file}: annotations[{i}]"
+            if not isinstance(ann, dict):
+                raise LAVTUserError(f"{self._reading} is a {type(ann).__name__}, not an object")
             missing = [k for k in ("id", "image_id", "segmentation") if k not in ann]
             if missing:
                 raise LAVTUserError(f"{self.instances_file}: annotations[{i}] lacks {', '.join(missing)}")
             self.anns[int(ann["id"])] = ann
-        self.categories: dict[int, str] = {int(c["id"]): c["name"] for c in instances.get("categories", [])}
+        self._reading = f"{self.instances_file}: categories"
+        self.categories: dict[int, str] = {int(c["id"]): c["name"] for c in instances.get("categories") or []}
 
         self.refs: dict[int, dict] = {}
         self.sentences: dict[int, dict] = {}
@@ -227,6 +241,7 @@ class Refer:
         self.image_refs: dict[int, list[int]] = {}
         where = f"refs file {self.refs_file}"
         for i, ref in enumerate(refs):
+            self._reading = f"{where}: record {i}"
             if not isinstance(ref, dict):
                 raise LAVTUserError(f"{where}: record {i} is a {type(ref).__name__}, not a dict")
             missing = [k for k in _REF_KEYS if k not in ref]
@@ -245,9 +260,11 @@ class Refer:
                     f"{where}: ref_id {ref_id} points to image_id {ref['image_id']}, which is not in "
                     f"{self.instances_file}; the two files do not belong together"
                 )
-            if not ref["sentences"]:
-                raise LAVTUserError(f"{where}: ref_id {ref_id} has no sentences")
+            if not isinstance(ref["sentences"], list) or not ref["sentences"]:
+                raise LAVTUserError(f"{where}: ref_id {ref_id} has no sentences (a non-empty list)")
             for sentence in ref["sentences"]:
+                if not isinstance(sentence, dict):
+                    raise LAVTUserError(f"{where}: a sentence of ref_id {ref_id} is a {type(sentence).__name__}, not a dict")
                 missing = [k for k in _SENTENCE_KEYS if k not in sentence]
                 if missing:
                     raise LAVTUserError(f"{where}: a sentence of ref_id {ref_id} lacks {', '.join(missing)}")

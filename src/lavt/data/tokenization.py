@@ -12,6 +12,7 @@ transformers 5 is the fast tokenizer and takes the vocabulary as `vocab=`).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,10 @@ from lavt.errors import LAVTUserError
 from lavt.models.text_encoder import VOCAB_NAME, default_text_encoder_dir
 
 CONFIG_NAME = "tokenizer_config.json"
+# Lone UTF-16 surrogates (from a JSON "\ud800" escape or a surrogate-escaped byte) are not
+# characters and the backend cannot encode them: they become U+FFFD, which BERT's
+# normaliser drops like any invalid character.
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 __all__ = ["CONFIG_NAME", "VOCAB_NAME", "ExpressionTokenizer", "default_text_encoder_dir"]
 
@@ -67,11 +72,11 @@ class ExpressionTokenizer:
 
     def token_ids(self, text: str) -> list[int]:
         """All ids of `text` with [CLS]/[SEP] and no cut: what the official code cuts to `max_tokens`."""
-        return list(self._backend(text, add_special_tokens=True)["input_ids"])
+        return list(self._backend(_SURROGATES.sub("\ufffd", text), add_special_tokens=True)["input_ids"])
 
     def tokenize(self, text: str) -> list[str]:
         """Word pieces of `text` without special tokens (for display and debugging)."""
-        return list(self._backend.tokenize(text))
+        return list(self._backend.tokenize(_SURROGATES.sub("\ufffd", text)))
 
     def _cut_and_pad(self, ids: list[int]) -> tuple[list[int], list[int]]:
         ids = ids[: self.max_tokens]
@@ -99,7 +104,7 @@ class ExpressionTokenizer:
         if not texts:
             empty = torch.zeros((0, self.max_tokens), dtype=torch.int64)
             return empty, empty.clone()
-        encoded = self._backend(texts, add_special_tokens=True)["input_ids"]
+        encoded = self._backend([_SURROGATES.sub("\ufffd", t) for t in texts], add_special_tokens=True)["input_ids"]
         rows = [self._cut_and_pad(list(ids)) for ids in encoded]
         input_ids = torch.tensor([r[0] for r in rows], dtype=torch.int64)
         attention_mask = torch.tensor([r[1] for r in rows], dtype=torch.int64)
