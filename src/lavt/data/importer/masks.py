@@ -53,7 +53,13 @@ def _outlines(mask: np.ndarray) -> list[list[tuple[int, int]]] | None:
     Every boundary edge is directed with the object on its right (y grows downwards), so an
     outer outline has positive shoelace area and a hole negative.
     """
-    p = np.pad(np.asarray(mask, dtype=bool), 1)
+    mask = np.asarray(mask, dtype=bool)
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    top, left = int(rows[0]), int(cols[0])
+    mask = mask[top : rows[-1] + 1, left : cols[-1] + 1]  # the object's box: the work scales with the object
+    p = np.pad(mask, 1)
     core = p[1:-1, 1:-1]
     width = mask.shape[1] + 1
     starts, ends = [], []
@@ -68,7 +74,7 @@ def _outlines(mask: np.ndarray) -> list[list[tuple[int, int]]] | None:
         ends.append((rows + ey) * width + cols + ex)
     start = np.concatenate(starts)
     end = np.concatenate(ends)
-    if start.size == 0 or np.unique(start).size != start.size:  # two outgoing edges: a diagonal contact
+    if np.unique(start).size != start.size:  # two outgoing edges: a diagonal contact
         return None
     following = dict(zip(start.tolist(), end.tolist()))
     loops: list[list[tuple[int, int]]] = []
@@ -81,7 +87,7 @@ def _outlines(mask: np.ndarray) -> list[list[tuple[int, int]]] | None:
         while vertex != first:
             points.append(vertex)
             vertex = following.pop(vertex)
-        xy = [(v % width, v // width) for v in points]
+        xy = [(v % width + left, v // width + top) for v in points]
         # keep only the corners: a vertex whose incoming and outgoing directions differ
         kept = [xy[i] for i in range(len(xy))
                 if (xy[i][0] - xy[i - 1][0], xy[i][1] - xy[i - 1][1])

@@ -120,8 +120,8 @@ def check_records(records: Sequence[Record]) -> tuple[list[CheckedObject], list[
         for key in keys:
             seen[(record.image, key)] = record.line
         distinct = list(dict.fromkeys(text.strip() for _, text in record.expressions))
-        ys, xs = np.nonzero(mask)
-        bbox = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+        ys, xs = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        bbox = [int(xs[0]), int(ys[0]), int(xs[-1] - xs[0] + 1), int(ys[-1] - ys[0] + 1)]
         good.append(CheckedObject(record, width, height, segmentation, int(mask.sum()), bbox, distinct, record.split))
     return good, bad
 

@@ -131,9 +131,12 @@ def import_dataset(
     summary = ImportSummary(refs_file=refs_path(root, name, split_by), instances_file=data_dir / "instances.json",
                             image_dir=images_out, skipped=bad)
     images, annotations, refs = [], [], []
+    first = {}
+    for obj in objects:
+        first.setdefault(obj.record.image, obj)
     for path in image_paths:
-        first = next(o for o in objects if o.record.image == path)
-        images.append({"id": image_ids[path], "file_name": file_names[path], "height": first.height, "width": first.width})
+        size = first[path]
+        images.append({"id": image_ids[path], "file_name": file_names[path], "height": size.height, "width": size.width})
     sent_id = 0
     for ann_id, obj in enumerate(objects, 1):
         image_id = image_ids[obj.record.image]
