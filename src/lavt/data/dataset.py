@@ -22,12 +22,13 @@ attribute, position or relation), for curricula and per-kind scores.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from lavt.data.grefcoco import open_refer
@@ -102,6 +103,9 @@ class _ReferBase(Dataset):
                         f"split {split}) does not exist; put the images under {self.refer.image_dir} or "
                         "open the dataset with skip_unreadable=True to skip and count such images"
                     )
+        prepare = getattr(self.refer, "prepare_images", None)
+        if prepare is not None:  # RRSIS-D: read the images' sizes and count those that differ from their masks'
+            prepare(image_ids)
         keep = set(image_ids)
         ref_ids = [r for r in ref_ids if int(self.refer.refs[r]["image_id"]) in keep]
         if not ref_ids:
@@ -155,11 +159,16 @@ class _ReferBase(Dataset):
         return len({int(self.refer.refs[r]["image_id"]) for r in self.ref_ids})
 
     # ------------------------------------------------------------------ loading
-    def _load(self, ref_id: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-        """(image (3,S,S), mask (S,S) int64, mask at the original resolution uint8 (H,W))."""
+    def _load(
+        self, ref_id: int, augment: Callable[[Image.Image], Image.Image] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """(image (3,S,S), mask (S,S) int64, mask at the original resolution uint8 (H,W)); `augment`
+        changes the image as read, before it is resized."""
         ref = self.refer.refs[ref_id]
         image_id = int(ref["image_id"])
         image = self.refer.load_image(image_id)
+        if augment is not None:
+            image = augment(image)
         mask = self.refer.mask(ref_id, self.mask_mode)
         if mask.shape != (image.height, image.width):
             raise LAVTUserError(
@@ -212,6 +221,8 @@ class ReferDataset(_ReferBase):
         self.mode = mode
         self.seed = int(seed)
         self.epoch = 0
+        # training mode: augment(image, ref index, epoch) -> image, e.g. lavt.data.augment.BoxAugment
+        self.augment: Callable[[Image.Image, int, int], Image.Image] | None = None
         # eval: flat list of (ref index, expression row)
         self._items = [
             (i, row) for i in range(len(self.ref_ids)) for row in range(self._first[i], self._first[i + 1])
@@ -243,7 +254,10 @@ class ReferDataset(_ReferBase):
         if self._cache is not None and self._cache[0] == ref_index:
             image, mask, orig = self._cache[1]
         else:
-            image, mask, orig = self._load(ref_id)
+            augment = None
+            if self.mode == "train" and self.augment is not None:
+                augment = lambda im: self.augment(im, ref_index, self.epoch)  # noqa: E731
+            image, mask, orig = self._load(ref_id, augment)
             self._cache = (ref_index, (image, mask, orig)) if self.mode == "eval" else None
         if self.mode == "eval":  # hand out copies: callers may modify items in place
             image, mask, orig = image.clone(), mask.clone(), orig.copy()

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from lavt.data.refer import Refer, _load_json, _load_pickle, decode_segmentation
+from lavt.data.rrsis import open_remote_sensing
 from lavt.errors import LAVTUserError
 
 # Image folders tried in order (relative to the data root) when no image folder is given.
@@ -53,7 +54,11 @@ def is_generalized(root: str | Path, dataset: str, split_by: str) -> bool:
 
 
 def open_refer(root: str | Path, dataset: str, split_by: str = "unc", *, image_dir: str | Path | None = None) -> Refer:
-    """`GRefer` when the dataset folder holds `grefs(<split_by>).json/.p`, else the classic `Refer`."""
+    """The remote-sensing readers for RRSIS-D and RefSegRS layouts (`lavt.data.rrsis`), `GRefer`
+    when the dataset folder holds `grefs(<split_by>).json/.p`, else the classic `Refer`."""
+    remote = open_remote_sensing(root, dataset, split_by, image_dir=image_dir)
+    if remote is not None:
+        return remote
     if is_generalized(root, dataset, split_by):
         return GRefer(root, dataset, split_by, image_dir=image_dir)
     return Refer(root, dataset, split_by, image_dir=image_dir)

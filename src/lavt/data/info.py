@@ -18,7 +18,7 @@ from lavt.errors import LAVTUserError
 # (dataset, split_by) -> split -> (refs, expressions, images). Sources: the refer-API
 # release statistics (Yu et al. 2016 for RefCOCO/RefCOCO+ unc, Nagaraja et al. 2016 for
 # G-Ref umd, Mao et al. 2016 for G-Ref google). None: not published as a fixed number.
-PUBLISHED_SIZES: dict[tuple[str, str], dict[str, tuple[int, int, int | None]]] = {
+PUBLISHED_SIZES: dict[tuple[str, str], dict[str, tuple[int | None, int, int | None]]] = {
     ("refcoco", "unc"): {
         "train": (42404, 120624, 16994), "val": (3811, 10834, 1500),
         "testA": (1975, 5657, 750), "testB": (1810, 5095, 750),
@@ -33,7 +33,13 @@ PUBLISHED_SIZES: dict[tuple[str, str], dict[str, tuple[int, int, int | None]]] =
     ("refcocog", "google"): {
         "train": (44822, 85474, None), "val": (5000, 9536, None),
     },
+    # RRSIS-D (Liu et al., CVPR 2024, the RMSIN release): one expression per object and image.
+    ("rrsisd", "unc"): {"train": (12181, 12181, None), "val": (1740, 1740, None), "test": (3481, 3481, None)},
+    # RefSegRS (Yuan et al., TGRS 2024): expressions per split file; refs depend on repeated ids.
+    ("refsegrs", "unc"): {"train": (None, 2172, None), "val": (None, 431, None), "test": (None, 1817, None)},
 }
+# Image-expression pairs in all, as the remote-sensing papers state them.
+PUBLISHED_TOTALS: dict[str, int] = {"rrsisd": 17402, "refsegrs": 4420}
 
 
 @dataclass
@@ -58,11 +64,13 @@ class DatasetInfo:
     refs_file: Path
     image_dir: Path
     splits: dict[str, SplitInfo]
-    published: dict[str, tuple[int, int, int | None]] | None
+    published: dict[str, tuple[int | None, int, int | None]] | None
     missing_images: list[Path] = field(default_factory=list)
     unreadable_images: list[tuple[Path, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     images_checked: str = "exists"
+    published_total: int | None = None  # expressions in all (remote-sensing datasets)
+    size_mismatches: int | None = None  # RRSIS-D: images whose file differs in size from their masks
 
     @property
     def ok(self) -> bool:
@@ -89,7 +97,7 @@ class DatasetInfo:
             if self.published:
                 pub = self.published.get(split)
                 if pub:
-                    row += f"   {pub[0]} / {pub[1]} / {pub[2] if pub[2] is not None else '?'}"
+                    row += f"   {_num(pub[0])} / {pub[1]} / {_num(pub[2])}"
                     row += "" if info and _matches(info, pub) else "   <- differs"
                 else:
                     row += "   (not published)"
@@ -99,6 +107,13 @@ class DatasetInfo:
             kinds.update(info.kinds)
         if kinds:
             lines.append("expression kinds: " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())))
+        if self.published_total is not None:
+            total = sum(i.expressions for i in self.splits.values())
+            lines.append(f"total: {total} expressions, published {self.published_total}"
+                         + ("" if total == self.published_total else "   <- differs"))
+        if self.size_mismatches:
+            lines.append(f"{self.size_mismatches} image(s) differ in size from their masks: masks are cropped/padded "
+                         "at the bottom/right to the image, not stretched")
         if self.published is None:
             lines.append(f"no published sizes for {self.dataset} ({self.split_by}); counts not checked")
         lines.append(f"images under {self.image_dir} ({self.images_checked} checked): "
@@ -118,9 +133,13 @@ def _split_order(split: str) -> tuple[int, str]:
     return (known.index(split) if split in known else len(known), split)
 
 
-def _matches(info: SplitInfo, published: tuple[int, int, int | None]) -> bool:
+def _num(value: int | None) -> str:
+    return "?" if value is None else str(value)
+
+
+def _matches(info: SplitInfo, published: tuple[int | None, int, int | None]) -> bool:
     refs, expressions, images = published
-    return info.refs == refs and info.expressions == expressions and (images is None or info.images == images)
+    return (refs is None or info.refs == refs) and info.expressions == expressions and (images is None or info.images == images)
 
 
 def dataset_info(
@@ -160,17 +179,24 @@ def dataset_info(
         for split, pub in published.items():
             have = splits.get(split)
             if have is None:
-                info.warnings.append(f"split {split} is missing from {refer.refs_file} (published: {pub[0]} refs)")
+                info.warnings.append(f"split {split} is missing from {refer.refs_file} (published: {pub[1]} expressions)")
             elif not _matches(have, pub):
                 info.warnings.append(
                     f"split {split} has {have.refs} refs / {have.expressions} expressions / {have.images} images; "
-                    f"published {pub[0]} / {pub[1]} / {pub[2] if pub[2] is not None else '?'} "
+                    f"published {_num(pub[0])} / {pub[1]} / {_num(pub[2])} "
                     "(a different release, a wrong --split-by, or a damaged file?)"
                 )
         for split in splits:
             if split not in published:
                 info.warnings.append(f"split {split} in {refer.refs_file} is not a published split of {dataset} "
                                      f"({split_by})")
+    info.published_total = PUBLISHED_TOTALS.get(dataset)
+    if info.published_total is not None:
+        total = sum(i.expressions for i in splits.values())
+        if total != info.published_total:
+            info.warnings.append(f"{dataset} has {total} expressions in all; published {info.published_total}")
+    if check_images != "none" and hasattr(refer, "size_mismatches"):
+        info.size_mismatches = len(refer.size_mismatches(refer.image_refs))
     if check_images != "none":
         for image_id in refer.image_refs:
             reason = refer.check_image(image_id, decode=check_images == "decode")
