@@ -8,9 +8,11 @@ import pytest
 
 from lavt.engine.memory import keep_freed_memory
 
-# Five 20 MB blocks allocated, written and freed twice; prints the page faults of the second
-# round. By default glibc trims the freed heap top (100 MB > its trim threshold) and the second
-# round faults every page in again.
+# Five 20 MB blocks allocated, written and freed eleven times; prints the page faults of rounds
+# 2-11 summed. By default glibc trims the freed heap top (100 MB > its trim threshold) and rounds
+# fault their pages in again (not every round: glibc also moves its mmap threshold as blocks are
+# freed). With the setting the blocks stay mapped; one block still refaults now and then on some
+# machines, so the test sums ten rounds rather than trusting one.
 _PROBE = """
 import resource, sys, torch
 if sys.argv[1] == "keep":
@@ -21,7 +23,8 @@ def round_():
     del blocks
 round_()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-round_()
+for _ in range(10):
+    round_()
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
@@ -34,7 +37,7 @@ def _faults(mode: str) -> int:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a glibc setting")
 def test_keep_freed_memory_stops_refaulting_the_same_blocks():
     assert keep_freed_memory() and keep_freed_memory()  # idempotent
-    pages = 5 * (20 << 20) // 4096
+    pages = 5 * (20 << 20) // 4096  # one round's pages
     default, kept = _faults("default"), _faults("keep")
-    assert default > pages // 2, default
-    assert kept < default // 3, (kept, default)  # measured: 25597 faults by default, 5120 kept
+    assert default > pages, default
+    assert kept < default // 4, (kept, default)

@@ -41,7 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train LAVT. Values come from --preset, then --config FILE, then the flags and --set key=value.",
     )
     p.add_argument("--config", help="YAML or JSON file with TrainConfig keys")
-    p.add_argument("--preset", help="paper (default: the official recipe) or debug (tiny, seconds on a CPU)")
+    p.add_argument("--preset", help="paper (default: the official recipe), debug (tiny, seconds on a CPU), "
+                                    "rrsisd or refsegrs (the remote-sensing benchmarks' published recipes)")
     for flag, (key, typ, help_) in FLAGS.items():
         p.add_argument(flag, dest=key, type=typ, default=None, help=help_)
     p.add_argument("--activation-checkpointing", dest="activation_checkpointing", action="store_true", default=None,

@@ -123,9 +123,14 @@ class TrainConfig(RunConfig):
     loss: LossName = "ce"
     ce_weight: tuple[float, ...] = (0.9, 1.1)
     dice_weight: float = 1.0
+    ce_loss_weight: float = 1.0  # factor of the cross-entropy term (the rrsisd preset: 0.9 CE + 0.1 Dice)
     loss_normalization: Literal["global", "local"] = "global"
     clip_grad_norm: float | None = None
     no_target_loss_weight: float = 0.1  # the no-target head's loss beside the mask loss (model no_target=head)
+    # --- augmentation: black boxes on a fixed share of training refs (the rrsisd preset; lavt.data.augment) ---
+    box_aug_share: float = 0.0  # share of training refs whose images get boxes; 0: none (official)
+    box_aug_count: tuple[int, ...] = (20, 60)  # boxes per image, [min, max]
+    box_aug_size: int = 32  # box side in pixels of the image as read
     # --- hardware ---
     activation_checkpointing: bool = False
     sync_batchnorm: bool = True
@@ -144,6 +149,12 @@ class TrainConfig(RunConfig):
         _positive(self, "epochs", "batch_size", "image_size", "log_every")
         _positive(self, "micro_batch_size", "val_max_images", "steps_per_epoch", optional=True)
         _non_negative(self, "lr", "weight_decay", "warmup_steps", "num_workers", "dice_weight", "seed", "no_target_loss_weight")
+        _non_negative(self, "ce_loss_weight")
+        _positive(self, "box_aug_size")
+        if not 0.0 <= self.box_aug_share <= 1.0:
+            _bad("box_aug_share", self.box_aug_share, "must lie in [0, 1] (a share of the training refs)")
+        if len(self.box_aug_count) != 2 or not 0 <= self.box_aug_count[0] <= self.box_aug_count[1]:
+            _bad("box_aug_count", list(self.box_aug_count), "must be [min, max] boxes per image with 0 <= min <= max, e.g. [20, 60]")
         _non_negative(self, "lr_backbone", "lr_decoder", "lr_text", "text_layers_trained", optional=True)
         if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
             _bad("clip_grad_norm", self.clip_grad_norm, "must be positive (or null to disable clipping)")
@@ -222,6 +233,24 @@ PRESETS: dict[str, dict[str, Any]] = {
         lr=1e-4,
         log_every=1,
     ),
+    # RRSIS-D as RMSIN (Liu et al., CVPR 2024; github.com/Lanx-Hou/RMSIN) trains LAVT-family
+    # models: the one-model LAVT (text encoder inside, as here), lr 3e-5, 40 epochs, loss
+    # 0.9 x class-weighted CE + 0.1 x Dice, 20-60 black 32-pixel boxes on a fixed 20% of
+    # the training refs. The rest is the official recipe.
+    "rrsisd": dict(
+        dataset="rrsisd",
+        lr=3e-5,
+        epochs=40,
+        loss="ce+dice",
+        ce_loss_weight=0.9,
+        dice_weight=0.1,
+        box_aug_share=0.2,
+        box_aug_count=[20, 60],
+        box_aug_size=32,
+    ),
+    # RefSegRS as zhu-xlab/rrsis (Yuan et al., TGRS 2024) trains LAVT: 60 epochs, lr 5e-5,
+    # the class-weighted CE alone, no augmentation; the rest is the official recipe.
+    "refsegrs": dict(dataset="refsegrs", lr=5e-5, epochs=60, loss="ce"),
 }
 
 
@@ -258,7 +287,7 @@ def check_data_root(data_root: str | None, dataset: str) -> None:
         raise LAVTUserError(
             f"data root {root} does not exist; generate a dataset with `lavt data synth` or point --data-root at a refer folder"
         )
-    if not (root / dataset).is_dir():
+    if not (root / dataset).is_dir() and not any(p.is_dir() and p.name.lower() == dataset.lower() for p in root.iterdir()):
         found = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != "images")
         raise LAVTUserError(f"data root {root} has no dataset folder {dataset!r} (found: {found or 'none'}); check --dataset")
 

@@ -32,14 +32,18 @@ def dice_loss_per_sample(logits: torch.Tensor, target: torch.Tensor, smooth: flo
 
 class SegmentationLoss(nn.Module):
     """`ce` (official: weights [0.9, 1.1] for background/foreground), `dice`, or
-    `ce+dice` (= ce + dice_weight * dice). Logits (B,C,H,W), target int64 (B,H,W)."""
+    `ce+dice` (= ce_factor * ce + dice_weight * dice; RMSIN's RRSIS-D recipe is 0.9 and 0.1).
+    Logits (B,C,H,W), target int64 (B,H,W)."""
 
-    def __init__(self, kind: str = "ce", ce_weight: tuple[float, ...] = (0.9, 1.1), dice_weight: float = 1.0) -> None:
+    def __init__(
+        self, kind: str = "ce", ce_weight: tuple[float, ...] = (0.9, 1.1), dice_weight: float = 1.0, ce_factor: float = 1.0
+    ) -> None:
         super().__init__()
         if kind not in LOSSES:
             raise LAVTUserError(f"unknown loss {kind!r}; choose one of {LOSSES}")
         self.kind = kind
         self.dice_weight = float(dice_weight)
+        self.ce_factor = float(ce_factor)
         self.register_buffer("ce_weight", torch.tensor(ce_weight, dtype=torch.float32), persistent=False)
 
     @property
@@ -64,7 +68,7 @@ class SegmentationLoss(nn.Module):
         total = logits.new_zeros(())
         if self.uses_ce:
             ce_sum = F.cross_entropy(logits, target, weight=self.ce_weight.to(logits.device), reduction="sum")
-            total = total + ce_sum / normalizers[0].to(logits.dtype)
+            total = total + self.ce_factor * ce_sum / normalizers[0].to(logits.dtype)
         if self.uses_dice:
             dice_sum = dice_loss_per_sample(logits, target).sum()
             total = total + self.dice_weight * dice_sum / normalizers[1].to(logits.dtype)

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from lavt.data.augment import BoxAugment
 from lavt.data.dataset import ReferDataset
 from lavt.data.tokenization import ExpressionTokenizer, default_text_encoder_dir
 from lavt.engine import checkpoint as ckpt_io
@@ -146,6 +147,10 @@ def build_datasets(config: TrainConfig, tokenizer: Any) -> tuple[Any, Any | None
     train_ds = ReferDataset(
         config.data_root, config.dataset, split_by, config.train_split, mode="train", max_images=config.max_images, **common
     )
+    if config.box_aug_share > 0:
+        train_ds.augment = BoxAugment(
+            config.box_aug_share, tuple(config.box_aug_count), config.box_aug_size, config.seed, num_refs=len(train_ds.ref_ids)
+        )
     val_ds = None
     if config.val_split:
         mode = "train" if config.val_expressions == "one" else "eval"
@@ -292,7 +297,7 @@ def _run(config: TrainConfig, env: DistEnv, callback: Callback | None) -> TrainR
 
     optimizer = build_optimizer(net, config)
     step = TrainStep(
-        model, SegmentationLoss(config.loss, config.ce_weight, config.dice_weight).to(device), optimizer,
+        model, SegmentationLoss(config.loss, config.ce_weight, config.dice_weight, config.ce_loss_weight).to(device), optimizer,
         build_scheduler(optimizer, total_steps, config), env=env, precision=config.precision,
         scaler=torch.amp.GradScaler("cuda") if config.precision == "fp16" else None,
         clip_grad_norm=config.clip_grad_norm, loss_normalization=config.loss_normalization,
