@@ -2,9 +2,9 @@
 
 A PNG mask becomes polygons when that is exact: the mask is a union of hole-free regions
 whose outlines (traced along pixel edges, so every vertex sits on a pixel corner) rasterise
-back through pycocotools to the very same pixels. Anything else (holes, regions touching
-only at a corner, outlines with too many corners) becomes a compressed RLE, which is always
-exact. Either form decodes with `lavt.data.refer.decode_segmentation`.
+back through pycocotools to the very same pixels (pixels touching only at a corner are
+traced as separate outlines). Anything else (holes, outlines with too many corners, an
+outline pycocotools would fill differently) becomes a compressed RLE, which is always exact. Either form decodes with `lavt.data.refer.decode_segmentation`.
 """
 from __future__ import annotations
 
@@ -48,7 +48,8 @@ def rle(mask: np.ndarray) -> dict[str, Any]:
 
 def _outlines(mask: np.ndarray) -> list[list[tuple[int, int]]] | None:
     """Closed outlines of the regions along pixel edges, as corner lists (x, y), or None when
-    the mask has a hole, a corner shared by two regions only diagonally, or too many corners.
+    the mask has a hole or too many corners. Pixels touching only at a corner belong to
+    different outlines that share that corner.
 
     Every boundary edge is directed with the object on its right (y grows downwards), so an
     outer outline has positive shoelace area and a hole negative.
@@ -74,19 +75,33 @@ def _outlines(mask: np.ndarray) -> list[list[tuple[int, int]]] | None:
         ends.append((rows + ey) * width + cols + ex)
     start = np.concatenate(starts)
     end = np.concatenate(ends)
-    if np.unique(start).size != start.size:  # two outgoing edges: a diagonal contact
-        return None
-    following = dict(zip(start.tolist(), end.tolist()))
+    starts_, ends_ = start.tolist(), end.tolist()
+    leaving: dict[int, list[int]] = {}
+    for i, vertex in enumerate(starts_):
+        leaving.setdefault(vertex, []).append(i)
+
+    def successor(i: int) -> int:
+        """The edge after edge i. Where two regions touch only at a corner, two edges leave it:
+        take the right turn, which keeps to the region edge i bounds (4-connected regions)."""
+        options = leaving[ends_[i]]
+        if len(options) == 1:
+            return options[0]
+        b = ends_[i]
+        dx, dy = b % width - starts_[i] % width, b // width - starts_[i] // width
+        right = b - dy + dx * width
+        return next(j for j in options if ends_[j] == right)
+
     loops: list[list[tuple[int, int]]] = []
     corners = 0
-    for first in sorted(following):
-        if first not in following:
+    done = bytearray(len(starts_))
+    for first in sorted(range(len(starts_)), key=starts_.__getitem__):
+        if done[first]:
             continue
-        points = [first]
-        vertex = following.pop(first)
-        while vertex != first:
-            points.append(vertex)
-            vertex = following.pop(vertex)
+        points, edge = [], first
+        while not done[edge]:  # each edge has one successor and one predecessor: the walk closes
+            done[edge] = 1
+            points.append(starts_[edge])
+            edge = successor(edge)
         xy = [(v % width + left, v // width + top) for v in points]
         # keep only the corners: a vertex whose incoming and outgoing directions differ
         kept = [xy[i] for i in range(len(xy))
