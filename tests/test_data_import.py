@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -342,6 +343,23 @@ def test_existing_output_needs_overwrite_and_names_are_checked(tmp_path: Path) -
     for name in ("refcoco", "images", "a/b", ".hidden"):
         with pytest.raises(LAVTUserError, match="--name"):
             import_dataset(source, tmp_path / "data", name)
+    import_dataset(source, tmp_path / "data", "custom", split_by="mine")
+    assert len(Refer(tmp_path / "data", "custom", "mine").refs) == 8
+
+
+def test_a_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source, _ = _jsonl_source(tmp_path / "src", images=3)
+    copies, copyfile = [], shutil.copyfile
+
+    def copy_then_fail(a, b):  # noqa: ANN001
+        if copies:
+            raise OSError(28, "No space left on device")
+        copies.append(copyfile(a, b))
+
+    monkeypatch.setattr(shutil, "copyfile", copy_then_fail)
+    with pytest.raises(LAVTUserError, match=r"cannot write the dataset under .*: \[Errno 28\] No space left on device"):
+        import_dataset(source, tmp_path / "data", "mine")
+    assert copies and sorted(p.name for p in (tmp_path / "data").iterdir()) == []
 
 
 def test_train_and_evaluate_on_an_imported_set(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
