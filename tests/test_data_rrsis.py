@@ -215,3 +215,12 @@ def test_training_items_carry_the_boxes_and_keep_the_mask(data: Path, tokenizer:
     image = plain.refer.load_image(plain.refer.refs[plain.ref_ids[index]]["image_id"])
     expected = image_to_tensor(boxed.augment(image, index, 0), 40)
     assert torch.equal(boxed[index]["image"], expected)
+
+
+@pytest.mark.filterwarnings("ignore:refsegrs. t03.tif has 5 bands")
+@pytest.mark.parametrize("dataset", ["rrsisd", "refsegrs"])
+def test_data_view_draws_both_layouts(data: Path, tmp_path: Path, dataset: str) -> None:
+    out = tmp_path / f"{dataset}.png"
+    assert main(["data", "view", "--data-root", str(data), "--dataset", dataset, "--out", str(out)]) == 0
+    with Image.open(out) as sheet:
+        assert sheet.width > 0 and sheet.height > 0
