@@ -4,7 +4,8 @@ A PNG mask becomes polygons when that is exact: the mask is a union of hole-free
 whose outlines (traced along pixel edges, so every vertex sits on a pixel corner) rasterise
 back through pycocotools to the very same pixels (pixels touching only at a corner are
 traced as separate outlines). Anything else (holes, outlines with too many corners, an
-outline pycocotools would fill differently) becomes a compressed RLE, which is always exact. Either form decodes with `lavt.data.refer.decode_segmentation`.
+outline pycocotools would fill differently) becomes a compressed RLE, which is always exact.
+Either form decodes with `lavt.data.refer.decode_segmentation`.
 """
 from __future__ import annotations
 
