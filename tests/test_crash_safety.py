@@ -188,7 +188,8 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(env: dict[str, Path]
 
 def test_sigkill_during_checkpoint_write_then_resume_equals_uninterrupted(env: dict[str, Path], reference: Path,
                                                                            tmp_path: Path) -> None:
-    config, out = _config_file(env, "killed_writing")
+    # With a data-loading worker (the reference has none): its seeds come from the restored torch stream.
+    config, out = _config_file(env, "killed_writing", num_workers=1)
     watcher = Watcher(out / ckpt_io.CHECKPOINT_NAME)
     watcher.start()
     try:
