@@ -286,3 +286,60 @@ def build_refer_dataset(root: Path, dataset: str = "refcoco") -> Path:
 
 # Counts of the fixture per split: refs, expressions, images.
 REFER_COUNTS = {"train": (2, 5, 1), "val": (1, 2, 1), "testA": (1, 3, 1), "testB": (1, 1, 1)}
+
+
+# ---------------------------------------------------------------------- bad inputs
+def snapshot(*roots: Path) -> dict[str, str]:
+    """path -> sha256 of every file under `roots`: equal before and after a refused command
+    means no input was modified and no output, partial or not, was left behind."""
+    import hashlib
+
+    out = {}
+    for root in roots:
+        for p in [Path(root), *sorted(Path(root).rglob("*"))]:
+            if p.is_file():
+                out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
+            elif p.is_dir():
+                out[str(p)] = "dir"
+    return out
+
+
+def one_error_line(err: str, phrase: str) -> str:
+    """Assert that stderr is exactly one `error:` line matching the regex `phrase`."""
+    import re
+
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err, err
+    assert re.search(phrase, lines[0]), f"{phrase!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+class CodeRunner:
+    """A pickle payload: unpickling calls `fn(*args)`. `marker_payloads(marker)` gives ones that
+    would create `marker` (a shell command through os.system, a file through builtins.open)."""
+
+    def __init__(self, fn: Any, *args: Any) -> None:
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+def marker_payloads(marker: Path) -> dict[str, CodeRunner]:
+    import builtins
+    import os
+
+    return {"os.system": CodeRunner(os.system, f"touch '{marker}'"), "builtins.open": CodeRunner(builtins.open, str(marker), "w")}
+
+
+def tiny_model_folder(folder: Path, seed: int = 0, **overrides: Any) -> Path:
+    """A tiny LAVT with its BERT text encoder saved by `save_pretrained`, with the tokenizer."""
+    from lavt.data.tokenization import ExpressionTokenizer
+    from lavt.models import LAVT
+
+    torch.manual_seed(seed)
+    model = LAVT(tiny_config(**overrides))
+    tokenizer = ExpressionTokenizer.from_pretrained(default_text_encoder_dir(), max_tokens=model.config.max_tokens)
+    model.save_pretrained(folder, tokenizer=tokenizer)
+    return folder

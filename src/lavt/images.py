@@ -8,6 +8,8 @@ standard deviation, all in float32.
 """
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,28 +23,64 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 ImageInput = str | Path | Image.Image | np.ndarray
 
 
-def load_image(image: ImageInput) -> Image.Image:
+# Larger images are refused from their header, before any pixel is decoded: Pillow's own
+# decompression-bomb threshold (a small file that would decode to gigabytes).
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+IMAGE_FORMATS = "PNG, JPEG, WebP, BMP, TIFF or GIF"
+
+
+def load_image(image: ImageInput, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
     """Any supported input -> an RGB PIL image, EXIF orientation applied.
 
     Paths and PIL images of any mode (RGBA, LA, P, L, I;16, I, F, CMYK); arrays HxW, HxWx1,
     HxWx3 or HxWx4 of uint8, uint16 (scaled by its maximum range) or float in [0, 1].
+    A multi-frame file (animated GIF, TIFF pages) gives its first frame; a file whose header
+    declares more than `max_pixels` pixels is refused without being decoded.
     """
     if isinstance(image, (str, Path)):
-        path = Path(image)
-        if not path.is_file():
-            raise LAVTUserError(f"image {path} does not exist")
-        try:
-            with Image.open(path) as im:
-                im.load()
-                pil = ImageOps.exif_transpose(im)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise LAVTUserError(f"{path} is not a readable image: {exc}") from exc
-        return _to_rgb(pil)
+        return _read_image_file(Path(image), max_pixels)
     if isinstance(image, Image.Image):
         return _to_rgb(ImageOps.exif_transpose(image))
     if isinstance(image, np.ndarray):
         return _array_to_rgb(image)
     raise LAVTUserError(f"image must be a path, a PIL image or an HxWx3 array, got {type(image).__name__}")
+
+
+def _read_image_file(path: Path, max_pixels: int | None) -> Image.Image:
+    if path.is_dir():
+        raise LAVTUserError(f"image {path} is a folder, not an image file; give the path of one {IMAGE_FORMATS} file")
+    if not path.is_file():
+        raise LAVTUserError(f"image {path} does not exist; check the path")
+    try:
+        with warnings.catch_warnings():
+            # The size is checked below against max_pixels; Pillow's warning would only repeat it.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                pixels = im.width * im.height
+                if max_pixels is not None and pixels > max_pixels:
+                    raise LAVTUserError(
+                        f"image {path} declares {im.width} x {im.height} = {pixels / 1e6:.1f} MP, more than the limit "
+                        f"of {max_pixels / 1e6:.1f} MP (a decompression bomb or a huge scan); it was not decoded: "
+                        "resize it first"
+                    )
+                im.load()
+                return _to_rgb(ImageOps.exif_transpose(im))
+    except LAVTUserError:
+        raise
+    except UnidentifiedImageError as exc:
+        raise LAVTUserError(f"{path} is not a readable image: Pillow cannot identify it; give a {IMAGE_FORMATS} file") from exc
+    except Image.DecompressionBombError as exc:  # Pillow refuses at twice its limit, already when opening
+        declared = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(declared.group(1)) / 1e6:.1f} MP" if declared else "more pixels than Pillow allows"
+        raise LAVTUserError(
+            f"image {path} declares {size}, more than the limit of {(max_pixels or MAX_PIXELS) / 1e6:.1f} MP (a decompression "
+            "bomb or a huge scan); it was not decoded: resize it first"
+        ) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise LAVTUserError(
+            f"{path} is not a readable image: it cannot be decoded ({exc}); the file is damaged or truncated: save or "
+            "download it again"
+        ) from exc
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:

@@ -113,7 +113,7 @@ def model_from_training_checkpoint(ckpt: dict[str, Any], source: str = "checkpoi
     """Rebuild the LAVT stored in a training checkpoint dict (strict load)."""
     cfg = dict(ckpt["model_config"])
     cfg["use_checkpoint"] = False  # activation checkpointing is a training-time setting
-    model = LAVT(LAVTConfig.from_dict(cfg))
+    model = LAVT(LAVTConfig.from_dict(cfg, source=f"{source} (model_config)"))
     load_state_strict(model, ckpt["model"], source=source)
     return model
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 
 from lavt.errors import LAVTUserError
@@ -43,9 +44,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     # Imported here, not at the top, so `lavt --help` does not load torch and transformers.
     from lavt.data.tokenization import ExpressionTokenizer
+    from lavt.engine.config import check_writable
     from lavt.models import default_text_encoder_dir, load_official
 
     heads = parse_heads(args.pwam_heads)
+    check_writable("out_dir", args.out_dir, folder=True)
     if args.out_dir.exists() and any(args.out_dir.iterdir()):
         raise LAVTUserError(f"{args.out_dir} exists and is not empty; choose a new folder")
     model = load_official(args.checkpoint, pwam_heads=heads)
@@ -53,7 +56,18 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = None
     if model.text_encoder is not None:
         tokenizer = ExpressionTokenizer(args.vocab or default_text_encoder_dir(), max_tokens=model.config.max_tokens)
-    model.save_pretrained(args.out_dir, tokenizer=tokenizer)
+    # Written beside the target and renamed at the end: a failed conversion leaves no half folder.
+    tmp = args.out_dir.with_name(f".{args.out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp, tokenizer=tokenizer)
+        if args.out_dir.exists():
+            args.out_dir.rmdir()
+        tmp.rename(args.out_dir)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise LAVTUserError(f"could not write {args.out_dir} ({exc.strerror or exc}); nothing was kept: free some space or choose "
+                            "another folder") from exc
     c = model.config
     print(
         f"converted {args.checkpoint} -> {args.out_dir}: Swin embed {c.embed_dim}, depths {list(c.depths)}, "

@@ -97,7 +97,7 @@ class _ReferBase(Dataset):
         else:
             for image_id in image_ids:
                 if not self.refer.image_path(image_id).is_file():
-                    ref_id = self.refer.image_refs[image_id][0]
+                    ref_id = next(r for r in ref_ids if int(self.refer.refs[r]["image_id"]) == image_id)  # one of this split's
                     raise LAVTUserError(
                         f"image {self.refer.image_path(image_id)} (image_id {image_id}, ref_id {ref_id}, "
                         f"split {split}) does not exist; put the images under {self.refer.image_dir} or "

@@ -198,6 +198,8 @@ class Refer:
         self._reading = str(self.refs_file)
         try:
             self._index(refs, instances)
+        except LAVTUserError:
+            raise  # already names its record
         except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
             # A value of the wrong type or form (an id that is not a number, ...): name the record.
             raise LAVTUserError(

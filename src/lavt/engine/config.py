@@ -12,6 +12,7 @@ configuration is saved with every checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from lavt.engine.config_values import (  # noqa: F401 - parse_overrides and read
 from lavt.errors import LAVTUserError
 
 Precision = Literal["fp32", "bf16", "fp16"]
+# What a training run writes into its output_dir: a second run there without --resume is refused.
+RUN_FILES = frozenset({"checkpoint.pt", "checkpoint.prev.pt", "config.yaml", "log.jsonl", "curves.png", "model_best", "model_last"})
 LossName = Literal["ce", "dice", "ce+dice"]
 
 
@@ -175,6 +178,14 @@ class TrainConfig(RunConfig):
         super()._check_paths()
         for key in ("text_encoder", "tokenizer", "pretrained_backbone", "init_from"):
             _check_exists(key, getattr(self, key))
+        check_writable("output_dir", self.output_dir, folder=True)
+        out = Path(self.output_dir)
+        earlier = sorted(p.name for p in out.iterdir() if p.name in RUN_FILES) if out.is_dir() else []
+        if earlier and not self.resume:
+            raise LAVTUserError(
+                f"output_dir {out} already holds a run ({', '.join(earlier)}); pass --resume auto to continue it, "
+                "or choose a new --output-dir (nothing was overwritten)"
+            )
 
 
 @dataclass
@@ -212,6 +223,9 @@ class EvalConfig(RunConfig):
             raise LAVTUserError(f"checkpoint {self.checkpoint} does not exist")
         super()._check_paths()
         _check_exists("tokenizer", self.tokenizer)
+        for key in ("json", "per_expression"):
+            check_writable(key, getattr(self, key), folder=False)
+        check_writable("overlays", self.overlays, folder=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -261,6 +275,7 @@ def load_train_config(
     check_paths: bool = True,
 ) -> TrainConfig:
     """Preset, then file, then overrides (`{"lr": 1e-4}` or `["lr=1e-4", "model_overrides.window_size=12"]`)."""
+    overrides = _check_sources(TrainConfig, path, overrides)
     data = layered(path, overrides, preset, PRESETS)
     return TrainConfig.from_dict(data, source=str(path) if path else "options").validate(check_paths)
 
@@ -269,8 +284,20 @@ def load_eval_config(
     path: str | Path | None = None, overrides: dict[str, Any] | list[str] | None = None, check_paths: bool = True
 ) -> EvalConfig:
     """File, then overrides; evaluation has no presets."""
+    overrides = _check_sources(EvalConfig, path, overrides)
     data = layered(path, overrides, None, {})
     return EvalConfig.from_dict(data, source=str(path) if path else "options").validate(check_paths)
+
+
+def _check_sources(cls: type[RunConfig], path: str | Path | None, overrides: dict[str, Any] | list[str] | None) -> dict[str, Any]:
+    """Check the file's keys and the overrides' keys each on its own, so that an unknown key
+    or a wrong value is reported where it was written (the file, or "options"). Returns the
+    overrides as a mapping."""
+    over = parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides or {})
+    layers = [("options", over)] + ([(str(path), read_config_file(path))] if path else [])
+    for source, values in layers:
+        dataclass_from_dict(cls, {k: v for k, v in values.items() if k != "preset"}, source)
+    return over
 
 
 def save_config(config: TrainConfig | EvalConfig, path: str | Path) -> None:
@@ -323,6 +350,24 @@ def _check_device(device: str, precision: str) -> None:
         _bad("device", device, "must be auto, cpu, cuda or cuda:N")
     if precision == "fp16" and device == "cpu":
         _bad("precision", precision, "needs a CUDA device (fp16 uses a gradient scaler); use bf16 or fp32 on a CPU")
+
+
+def check_writable(key: str, value: str | Path | None, folder: bool) -> None:
+    """Refuse, before any work, an output path that cannot be written: a file where a folder
+    is needed (or the reverse), or a place under a file or without write permission."""
+    if value is None:
+        return
+    path = Path(value)
+    if path.exists() and path.is_dir() != folder:
+        kind = "a file, not a folder" if folder else "a folder, not a file"
+        raise LAVTUserError(f"{key} {path} is {kind}; choose another path")
+    existing = path if path.exists() else path.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise LAVTUserError(f"{key} {path} cannot be created: {existing} is a file; choose another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise LAVTUserError(f"{key} {path} cannot be written: no write permission in {existing}; choose another path")
 
 
 def _check_exists(key: str, value: str | None) -> None:

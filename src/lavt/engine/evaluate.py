@@ -276,9 +276,11 @@ def _write_json(path: Path, obj: Any) -> None:
 
 def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
         for r in records:
             f.write(json.dumps(r) + "\n")
+    tmp.replace(path)
 
 
 def write_overlays(ds: Any, worst: list[tuple], folder: Path, min_width: int = 320) -> list[Path]:

@@ -73,7 +73,7 @@ class Predictor:
             expressions = [expressions]
         expressions = list(expressions)
         if not expressions:
-            raise LAVTUserError("give at least one expression")
+            raise LAVTUserError("no expressions given: give at least one, e.g. 'the red car'")
         for i, text in enumerate(expressions):
             if not isinstance(text, str) or not text.strip():
                 raise LAVTUserError(f"expression {i + 1} is empty; describe the object to segment, e.g. 'the red car'")

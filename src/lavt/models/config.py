@@ -8,8 +8,11 @@ never a code change.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import types
+import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Union
 
 from lavt.errors import LAVTUserError
 
@@ -147,17 +150,60 @@ class LAVTConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> LAVTConfig:
-        """The config of a config.json. Keys that are not model fields but may be written
-        beside them (`model_type`, `lavt_version`, `extra`) are ignored, so every saved
-        config.json keeps loading; any other unknown key is an error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known - _IGNORED_KEYS)
-        if unknown:
-            raise LAVTUserError(
-                f"unknown model configuration keys {unknown}; known keys are {sorted(known)}"
-            )
-        return cls(**{k: v for k, v in d.items() if k in known})
+    def from_dict(cls, d: dict[str, Any], source: str = "model configuration") -> LAVTConfig:
+        """The config of a config.json (`source` names it in errors). Keys that are not model
+        fields but may be written beside them (`model_type`, `lavt_version`, `extra`) are
+        ignored, so every saved config.json keeps loading; any other unknown key is an error
+        that names the closest field, and every value must have its field's type."""
+        known = [f.name for f in dataclasses.fields(cls)]
+        for key in d:
+            if key in known or key in _IGNORED_KEYS:
+                continue
+            close = difflib.get_close_matches(str(key), known + sorted(_IGNORED_KEYS), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
+            raise LAVTUserError(f"{source}: unknown key {key!r}; {hint} (fix or remove it)")
+        hints = typing.get_type_hints(cls)
+        for key, value in d.items():
+            if key in hints and not _fits(value, hints[key]):
+                raise LAVTUserError(
+                    f"{source}: {key} must be {_describe(hints[key])}, got {value!r} ({type(value).__name__}); fix the value"
+                )
+        try:
+            return cls(**{k: v for k, v in d.items() if k in hints})
+        except LAVTUserError as exc:
+            raise LAVTUserError(f"{source}: {exc}") from exc
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value can stand for a field of type `hint` (lists for tuples, ints for floats)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is tuple:
+        return isinstance(value, (list, tuple)) and all(_fits(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is tuple:
+        return f"a list ({_describe(args[0])} each)"
+    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+    return names.get(hint, "a mapping" if origin is dict else str(hint))
 
 
 # name -> (embed_dim, depths, num_heads): the official swin_type choices.
@@ -179,7 +225,7 @@ def build_config(preset: str = "base", **overrides: Any) -> LAVTConfig:
     embed_dim, depths, heads = SWIN_PRESETS[preset]
     base: dict[str, Any] = dict(embed_dim=embed_dim, depths=depths, num_heads=heads)
     base.update(overrides)
-    return LAVTConfig(**base)
+    return LAVTConfig.from_dict(base, source=f"model configuration ({preset} preset and model_overrides)")
 
 
 BERT_BASE_UNCASED: dict[str, Any] = dict(

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lavt.errors import LAVTUserError
+from lavt.errors import LAVTUserError, describe_load_failure
 from lavt.models.config import LAVTConfig
 from lavt.models.lavt import LAVT
 from lavt.models.state import load_state_strict
@@ -37,8 +37,8 @@ def read_checkpoint(source: str | Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, zip errors, refused globals
         raise LAVTUserError(
-            f"{path} could not be read as a PyTorch checkpoint with weights_only=True: "
-            f"{str(exc).splitlines()[0]}"
+            f"{path} could not be read as a PyTorch checkpoint with weights_only=True: {describe_load_failure(exc)}; "
+            "use a checkpoint that holds only weights (download or save it again if it is damaged)"
         ) from exc
 
 

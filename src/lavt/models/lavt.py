@@ -250,14 +250,20 @@ class LAVT(nn.Module):
         try:
             raw = json.loads(cfg_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise LAVTUserError(f"{cfg_path} is not valid JSON: {exc}") from exc
+            raise LAVTUserError(f"{cfg_path} is not valid JSON ({exc}); repair it or save the model again") from exc
         if not isinstance(raw, dict) or raw.get("model_type") != "lavt":
-            raise LAVTUserError(f"{cfg_path} does not describe a LAVT model (model_type is not 'lavt')")
-        model = cls(LAVTConfig.from_dict(raw))
+            raise LAVTUserError(
+                f"{cfg_path} does not describe a LAVT model (model_type is not 'lavt'); point to a folder "
+                "written by save_pretrained or `lavt convert`"
+            )
+        model = cls(LAVTConfig.from_dict(raw, source=str(cfg_path)))
         try:
             state = load_file(str(w_path), device=str(map_location))
         except Exception as exc:  # safetensors raises its own error types for corrupt files
-            raise LAVTUserError(f"{w_path} could not be read as safetensors: {exc}") from exc
+            raise LAVTUserError(
+                f"{w_path} could not be read as safetensors ({str(exc).splitlines()[0]}): the file is damaged or "
+                "incomplete; download or save the model again"
+            ) from exc
         if model.config.text_encoder_weights and not any(k.startswith("text_encoder.") for k in state):
             model.load_text_encoder_weights()
             state.update({f"text_encoder.{k}": v for k, v in model.text_encoder.state_dict().items()})

