@@ -150,8 +150,11 @@ def test_argument_errors(root, exported):
         OnnxModel(exported).logits(np.zeros((1, 3, 40, 40), np.float32), np.zeros((1, TOKENS)), np.zeros((1, TOKENS)))
     with pytest.raises(LAVTUserError, match="has no int8 graphs"):
         OnnxModel(exported, precision="int8")
-    with pytest.raises(LAVTUserError, match=r"differs from the torch model by 0.002 on the logits \(allowed 0.0001\)"):
-        check_float32({"random_max_abs": 2e-3, "example_max_abs": 0.0}, "DIR")
+    with pytest.raises(LAVTUserError, match=r"differs from the torch model by 0.002 on the logits \(random inputs; allowed 0.0001\)"):
+        check_float32({"random_max_abs": 2e-3, "random_logit_scale": 5.0, "example_max_abs": 0.0}, "DIR")
+    check_float32({"random_max_abs": 1.5e-4, "random_logit_scale": 80.0}, "DIR")  # 1e-5 of the largest logit beyond 10
+    with pytest.raises(LAVTUserError, match=r"\(example inputs; allowed 0.0008\)"):
+        check_float32({"random_max_abs": 0.0, "example_max_abs": 9e-4, "example_logit_scale": 80.0}, "DIR")
 
 
 def test_cli_export_then_predict_through_the_folder(root, tmp_path, capsys):

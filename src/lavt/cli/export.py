@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
                           quantize=args.quantize, int8_method=args.int8_method, parts=args.parts)
     for precision, result in report.parity.items():
         print(f"{precision}: largest logit difference to torch {result['random_max_abs']:.3g} on random inputs, "
-              f"{result['example_max_abs']:.3g} on a generated scene (argmax differs on "
+              f"{result['example_max_abs']:.3g} on a generated scene (logits up to "
+              f"{max(result['random_logit_scale'], result['example_logit_scale']):.3g}; argmax differs on "
               f"{100 * max(result['random_mask_mismatch'], result['example_mask_mismatch']):.3f}% of pixels)")
     for name, size in report.files.items():
         print(f"  {name}: {size / 1e6:.1f} MB")

@@ -2,7 +2,10 @@
 
 The real example is a generated scene (`lavt.data.synthref`) with two written expressions,
 through the same pre-processing and tokenisation as prediction. float32 graphs must agree
-with torch within `FLOAT32_TOLERANCE` on the logits; int8 graphs are measured, not held to it.
+with torch within `FLOAT32_TOLERANCE` on the logits while the logits stay within +-10; beyond,
+within 1e-5 of the largest logit (float32 rounding grows with the values: trained models
+reach logits of 80, where torch's own two paths differ by 1e-4). int8 graphs are measured,
+not held to it.
 """
 from __future__ import annotations
 
@@ -67,14 +70,21 @@ def measure(model: LAVT, onnx: OnnxModel, inputs: dict[str, dict[str, np.ndarray
     for name, feeds in inputs.items():
         ours, ref = _onnx_logits(onnx, feeds), _torch_logits(model, feeds)
         out[f"{name}_max_abs"] = float(np.abs(ours - ref).max())
+        out[f"{name}_logit_scale"] = float(np.abs(ref).max())
         out[f"{name}_mask_mismatch"] = float((ours.argmax(1) != ref.argmax(1)).mean())
     return out
 
 
+def tolerance(logit_scale: float) -> float:
+    """The largest float32 difference allowed for logits of this magnitude."""
+    return FLOAT32_TOLERANCE * max(1.0, logit_scale / 10.0)
+
+
 def check_float32(result: dict[str, float], folder: Any) -> None:
-    worst = max(v for k, v in result.items() if k.endswith("_max_abs"))
-    if not worst <= FLOAT32_TOLERANCE:
-        raise LAVTUserError(
-            f"the float32 export in {folder} differs from the torch model by {worst:.3g} on the logits "
-            f"(allowed {FLOAT32_TOLERANCE:g}); the graphs are kept for inspection: report this with the model's config.json"
-        )
+    for name in sorted({k.rsplit("_max_abs", 1)[0] for k in result if k.endswith("_max_abs")}):
+        diff, allowed = result[f"{name}_max_abs"], tolerance(result.get(f"{name}_logit_scale", 0.0))
+        if not diff <= allowed:
+            raise LAVTUserError(
+                f"the float32 export in {folder} differs from the torch model by {diff:.3g} on the logits "
+                f"({name} inputs; allowed {allowed:.3g}); the graphs are kept for inspection: report this with the model's config.json"
+            )
