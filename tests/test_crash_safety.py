@@ -333,3 +333,17 @@ def test_a_log_line_cut_by_a_kill_does_not_swallow_the_next_record(tmp_path: Pat
     log({"event": "resume", "step": 1})
     lines = (tmp_path / "log.jsonl").read_text().splitlines()
     assert lines[1] == '{"event": "tra' and json.loads(lines[2]) == {"event": "resume", "step": 1}
+
+
+def test_previous_checkpoint_without_hard_links(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_links(src, dst):  # noqa: ANN001 - a filesystem that refuses hard links (some network and FAT mounts)
+        raise OSError(errno.EPERM, "hard links are not supported")
+
+    monkeypatch.setattr(os, "link", no_links)
+    path = tmp_path / ckpt_io.CHECKPOINT_NAME
+    for epoch in (0, 1):
+        ckpt_io.save_training_checkpoint({"format": ckpt_io.FORMAT, "version": 1, "epoch": epoch, "w": torch.arange(3.0) + epoch}, path)
+    assert ckpt_io.load_checkpoint(path)["epoch"] == 1
+    prev = ckpt_io.load_checkpoint(tmp_path / "checkpoint.prev.pt")
+    assert prev["epoch"] == 0 and torch.equal(prev["w"], torch.arange(3.0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.prev.pt", "checkpoint.pt"]
