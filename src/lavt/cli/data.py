@@ -7,6 +7,7 @@ import sys
 import warnings
 
 from lavt.cli import data_import
+from lavt.errors import LAVTUserError
 
 
 def _pair(text: str) -> tuple[int, int]:
@@ -57,8 +58,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     synth.add_argument("--out", required=True, help="data root to write into")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--images", type=int, default=1000, help="number of images (all splits)")
-    synth.add_argument("--image-size", type=_pair, default=(160, 256), metavar="MIN-MAX",
-                       help="image side length range in pixels (default 160-256)")
+    synth.add_argument("--style", choices=["shapes", "aerial"], default="shapes",
+                       help="shapes: synthref (the default); aerial: synthrs, top-down scenes (roads, vehicles, buildings, "
+                            "storage tanks, trees, courts) in the RRSIS-D layout, read with --dataset synthrs")
+    synth.add_argument("--image-size", type=_pair, default=None, metavar="MIN-MAX",
+                       help="image side length range in pixels (default 160-256; aerial: 128-160)")
     synth.add_argument("--objects", type=_pair, default=(2, 6), metavar="MIN-MAX",
                        help="objects per image (default 2-6)")
     synth.add_argument("--kinds", default="attribute,position,relation",
@@ -85,10 +89,19 @@ def run(args: argparse.Namespace) -> int:
         for message in info.warnings:
             warnings.warn(message, stacklevel=1)
         return 0 if info.ok else 1
+    if args.style == "aerial":
+        from lavt.data.synthref.aerial import generate_aerial
+
+        if args.generalized:
+            raise LAVTUserError("--generalized writes the shapes scenes' gRefCOCO variant; leave it out with --style aerial")
+        print(generate_aerial(args.out, seed=args.seed, num_images=args.images, image_size=args.image_size or (128, 160),
+                              expressions_per_object=args.expressions_per_object, overwrite=args.overwrite).format())
+        sys.stdout.flush()
+        return 0
     from lavt.data.synthref import generate
 
     summary = generate(
-        args.out, seed=args.seed, num_images=args.images, image_size=args.image_size, objects=args.objects,
+        args.out, seed=args.seed, num_images=args.images, image_size=args.image_size or (160, 256), objects=args.objects,
         kinds=[k.strip() for k in args.kinds.split(",") if k.strip()],
         expressions_per_object=args.expressions_per_object, occlusion=args.occlusion,
         image_format=args.image_format, overwrite=args.overwrite,

@@ -35,6 +35,8 @@ its own RNG seeded by (seed, image index).
 
 Modules: `scenes` (objects, geometry, masks, background, placement), `language` (what an
 expression means and how it is worded), `writer` (`generate`: splits and the refer files).
+`aerial` and `aerial_scenes` write `synthrs` instead, top-down aerial scenes in the RRSIS-D
+layout (`lavt data synth --style aerial`); they share nothing with synthref's files.
 """
 from lavt.data.synthref.language import KINDS, Spec, resolve
 from lavt.data.synthref.scenes import COLOURS, GROUP_A, GROUP_B, SHAPES, SIZES, SceneObject, sample_scene
