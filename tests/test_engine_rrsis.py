@@ -1,9 +1,10 @@
 """The remote-sensing recipes: the rrsisd and refsegrs presets as resolved, the weighted CE +
 Dice loss, the box-augmentation options, and `lavt train --preset debug` + `lavt evaluate` for
-a few steps on the RRSIS-D and RefSegRS fixtures (tests/rs_fixtures.py)."""
+a few steps on the RRSIS-D and RefSegRS fixtures (tests/rs_fixtures.py) and on generated synthrs."""
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from helpers import make_tiny_text_encoder
 from lavt.cli import main
 from lavt.data.augment import BoxAugment
+from lavt.data.synthref.aerial import generate_aerial
 from lavt.data.tokenization import ExpressionTokenizer, default_text_encoder_dir
 from lavt.engine.config import TrainConfig, load_train_config
 from lavt.engine.losses import SegmentationLoss, dice_loss_per_sample
@@ -81,12 +83,18 @@ def test_the_rrsisd_recipe_puts_boxes_on_its_share_of_training_refs(tmp_path: Pa
     assert (train.augment.count, train.augment.size, train.augment.seed) == ((20, 60), 32, 0)
 
 
+def build_synthrs(root: Path) -> Path:
+    generate_aerial(root, seed=0, num_images=10, image_size=(64, 64))
+    return root
+
+
 @pytest.mark.parametrize(("dataset", "build", "split", "expressions"), [
     ("rrsisd", build_rrsisd, "val", 2),  # val holds the padded 40x41 image
     ("refsegrs", build_refsegrs, "train", 5),  # train holds the five-band tile
+    ("synthrs", build_synthrs, "test", None),  # the generated aerial scenes
 ])
 def test_train_debug_then_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture, dataset: str, build, split: str,
-                                   expressions: int) -> None:
+                                   expressions: int | None) -> None:
     root = build(tmp_path / "data")
     run = tmp_path / "run"
     args = ["train", "--preset", "debug", "--data-root", str(root), "--dataset", dataset, "--output-dir", str(run),
@@ -104,6 +112,8 @@ def test_train_debug_then_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["evaluate", "-c", str(run), "--data-root", str(root), "--dataset", dataset, "--split", split,
                  "--no-progress", "--json", str(scores)]) == 0, capsys.readouterr().err
     result = json.loads(scores.read_text())
+    if expressions is None:  # as many as the split's refs hold
+        expressions = sum(len(r["sentences"]) for r in pickle.loads((root / "synthrs/refs(unc).p").read_bytes()) if r["split"] == split)
     assert result["counts"]["expressions"] == expressions and set(result["metrics"]) == {"official", "original"}
     assert result["protocols"]["official"]["resolution"] == "32x32"
     out = capsys.readouterr().out
