@@ -251,3 +251,18 @@ def test_works(case: Works, env: dict, tmp_path: Path, capsys: pytest.CaptureFix
     assert snapshot(path, env["model"]) == before
     loaded = load_image(path)
     assert loaded.mode == "RGB" and loaded.size == case.size and case.check(np.asarray(loaded))
+
+
+def test_out_without_write_permission(env: dict, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder the user may not write to (simulated: the tests may run as root, who may write anywhere)."""
+    import os
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **k: Path(path) != locked and real_access(path, mode, **k))
+    image = _image(tmp_path)
+    before = snapshot(tmp_path)
+    assert main(["predict", "-c", str(env["model"]), str(image), "the dog", "--out", str(locked / "out")]) == 2
+    one_error_line(capsys.readouterr().err, r"--out .*locked/out cannot be written: no write permission in .*locked; choose another path")
+    assert snapshot(tmp_path) == before

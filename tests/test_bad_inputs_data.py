@@ -195,3 +195,13 @@ def test_results_that_cannot_be_written_are_refused_before_evaluating(env: dict,
         assert main(argv) == 2
         one_error_line(capsys.readouterr().err, phrase)
         assert snapshot(tmp_path) == before
+
+
+def test_a_skipped_unreadable_image_is_one_warning_line(env: dict, tmp_path: Path) -> None:
+    root = truncate_image(data(tmp_path, env, refs=lambda refs: refs[4].update(split="train")), 2)  # train: images 1 and 2
+    with pytest.warns(UserWarning) as caught:
+        ds = ReferDataset(root, "refcoco", "unc", "train", tokenizer=default_tokenizer(), image_size=32, skip_unreadable=True)
+    assert len(caught) == 1 and ds.skipped == 1
+    message = str(caught[0].message)
+    assert "\n" not in message and message.startswith("refcoco/train: skipped 1 unreadable image(s) and their refs: ")
+    assert "COCO_train2014_000000000002.jpg" in message and ds.num_images == 1
