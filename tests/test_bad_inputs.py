@@ -266,3 +266,17 @@ def test_out_without_write_permission(env: dict, tmp_path: Path, capsys: pytest.
     assert main(["predict", "-c", str(env["model"]), str(image), "the dog", "--out", str(locked / "out")]) == 2
     one_error_line(capsys.readouterr().err, r"--out .*locked/out cannot be written: no write permission in .*locked; choose another path")
     assert snapshot(tmp_path) == before
+
+
+def test_the_installed_command_is_the_same(env: dict, tmp_path: Path) -> None:
+    """The same refusal from a real `python -m lavt` process: exit status 2, one stderr line,
+    nothing on stdout (the cases above call `lavt.cli.main` in this process)."""
+    import subprocess
+    import sys
+
+    truncated(tmp_path, "cut.jpg", "JPEG")
+    done = subprocess.run([sys.executable, "-m", "lavt", "predict", "-c", str(env["model"]), str(tmp_path / "cut.jpg"), "the dog",
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    one_error_line(done.stderr, r"cut\.jpg is not a readable image: it cannot be decoded")
+    assert not (tmp_path / "out").exists()
