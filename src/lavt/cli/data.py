@@ -37,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "Exit code 1 when something is missing, unreadable or differs.",
     )
     info.add_argument("--data-root", required=True, help="folder holding <dataset>/ and images/")
-    info.add_argument("--dataset", required=True, help="refcoco, refcoco+, refcocog, synthref, grefcoco, synthgref, ...")
+    info.add_argument("--dataset", required=True,
+                      help="refcoco, refcoco+, refcocog, synthref, grefcoco, synthgref, rrsisd, refsegrs, synthrs, ...")
     info.add_argument("--split-by", default="unc", help="unc (RefCOCO/RefCOCO+/synthref), umd or google (G-Ref)")
     info.add_argument("--image-dir", "--image-root", dest="image_dir", default=None,
                       help="image folder if not the standard one under --data-root")

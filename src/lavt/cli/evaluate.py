@@ -8,7 +8,7 @@ import os
 FLAGS: dict[str, tuple[str, type | None, str]] = {
     "--checkpoint": ("checkpoint", str, "model folder, training run/checkpoint, or official .pth"),
     "--data-root": ("data_root", str, "refer-format data folder"),
-    "--dataset": ("dataset", str, "refcoco (default), refcoco+, refcocog, synthref, grefcoco (generalised) ..."),
+    "--dataset": ("dataset", str, "refcoco (default), refcoco+, refcocog, synthref, grefcoco (generalised), rrsisd, refsegrs, synthrs ..."),
     "--image-root": ("image_dir", str, "image folder when not the dataset's standard one"),
     "--split-by": ("split_by", str, "partition (default: unc, or umd for refcocog)"),
     "--split": ("split", str, "val (default), testA, testB, test ..."),

@@ -10,7 +10,7 @@ import os
 # option -> TrainConfig key, for the options common enough to deserve a flag
 FLAGS: dict[str, tuple[str, type | None, str]] = {
     "--data-root": ("data_root", str, "refer-format data folder (holds <dataset>/refs(...).p)"),
-    "--dataset": ("dataset", str, "refcoco, refcoco+, refcocog, synthref, grefcoco ... (default refcoco)"),
+    "--dataset": ("dataset", str, "refcoco, refcoco+, refcocog, synthref, grefcoco, rrsisd, refsegrs, synthrs ... (default refcoco)"),
     "--image-root": ("image_dir", str, "image folder when not the dataset's standard one"),
     "--split-by": ("split_by", str, "partition: unc (default), umd for refcocog, google"),
     "--output-dir": ("output_dir", str, "run folder: checkpoint.pt, model_best/, log.jsonl, curves.png"),
