@@ -181,7 +181,8 @@ class TrainConfig(RunConfig):
         check_writable("output_dir", self.output_dir, folder=True)
         out = Path(self.output_dir)
         earlier = sorted(p.name for p in out.iterdir() if p.name in RUN_FILES) if out.is_dir() else []
-        if earlier and not self.resume:
+        # The main process decides: under torchrun the others could already see the files it writes.
+        if earlier and not self.resume and int(os.environ.get("RANK", "0")) == 0:
             raise LAVTUserError(
                 f"output_dir {out} already holds a run ({', '.join(earlier)}); pass --resume auto to continue it, "
                 "or choose a new --output-dir (nothing was overwritten)"
