@@ -136,3 +136,10 @@ def test_push_checks_its_arguments_before_any_upload(root, tmp_path, capsys, mon
     for args, message in cases:
         assert main(["push", *args]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_card_title_of_a_folder_written_under_a_temporary_name(tmp_path):
+    """Training and `lavt convert` save into .NAME.tmp and rename it: the card names NAME."""
+    folder = tmp_path / ".model_best.tmp"
+    folder.mkdir()
+    assert "\n# model_best\n" in write_model_card(folder, {"depths": [2]}).read_text()

@@ -104,7 +104,10 @@ def write_model_card(
         lines += ["datasets:"] + [f"- {d}" for d in datasets]
     if metrics:
         lines += ["metrics:"] + [f"- {name}" for name in metrics]
-    lines += ["---", "", f"# {folder.resolve().name}", "", _architecture(config), ""]
+    name = folder.resolve().name
+    if name.startswith(".") and name.endswith(".tmp"):  # written as .NAME.tmp, renamed to NAME after
+        name = name[1:-4]
+    lines += ["---", "", f"# {name}", "", _architecture(config), ""]
     if metrics:
         lines += ["## Results", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.2f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
