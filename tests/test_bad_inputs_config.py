@@ -161,9 +161,9 @@ def evil_text_encoder(d: Path, runner: Any) -> Path:
 
 
 SAFE_LOADING: list[tuple[str, str, Callable[[Path, Any], list[str]]]] = [
-    ("--resume", r"evil\.pt could not be read as a training checkpoint",
+    ("--resume", r"evil\.pt could not be read as a training checkpoint .*: " + ASKS,
      lambda d, r: ["--resume", str(evil(d / "evil.pt", r))]),
-    ("--resume auto (the run's own checkpoint.pt)", r"checkpoint\.pt could not be read as a training checkpoint",
+    ("--resume auto (the run's own checkpoint.pt)", r"checkpoint\.pt could not be read as a training checkpoint .*: " + ASKS,
      lambda d, r: ["--resume", "auto", "--output-dir", str(evil((d / "run").mkdir() or d / "run" / "checkpoint.pt", r).parent)]),
     ("--init-from", r"evil\.pth could not be read as a PyTorch checkpoint with weights_only=True: " + ASKS,
      lambda d, r: ["--init-from", str(evil(d / "evil.pth", r))]),

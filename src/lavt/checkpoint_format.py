@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from lavt.errors import LAVTUserError
+from lavt.errors import LAVTUserError, describe_load_failure
 
 FORMAT = "lavt.train_checkpoint"
 VERSION = 1
@@ -102,10 +102,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise LAVTUserError(
             f"{path} could not be read as a training checkpoint (damaged, truncated or not a checkpoint): "
-            f"{first_line}; {_previous_hint(path)}"
+            f"{describe_load_failure(exc)}; {_previous_hint(path)}"
         ) from exc
     if not is_training_checkpoint(obj):
         raise LAVTUserError(f"{path} is not a lavt training checkpoint (no format {FORMAT!r}); to start from its weights use init_from")
