@@ -171,3 +171,28 @@ def test_cli_export_then_predict_through_the_folder(root, tmp_path, capsys):
     assert (tmp_path / "p" / "scene_1_mask.png").is_file()
     assert main(["export", "-c", str(tmp_path / "missing"), "--out", str(out)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_evaluate_and_serve_run_an_exported_folder(root, exported, tmp_path):
+    from PIL import Image
+
+    from helpers import make_synth
+    from lavt.serve.service import SegmentService
+
+    data = make_synth(tmp_path / "data", num_images=12)
+    reports = {}
+    for name, checkpoint in (("torch", tiny_model_dir(root)), ("onnx", exported)):
+        out = tmp_path / f"{name}.json"
+        assert main(["evaluate", "-c", str(checkpoint), "--data-root", str(data), "--dataset", "synthref", "--split", "train",
+                     "--max-images", "4", "--device", "cpu", "--no-progress", "--json", str(out)]) == 0
+        reports[name] = json.loads(out.read_text())
+    assert reports["onnx"]["checkpoint_kind"] == "onnx" and reports["torch"]["checkpoint_kind"] == "folder"
+    assert reports["onnx"]["counts"] == reports["torch"]["counts"]
+    for protocol in ("official", "original"):
+        for key, value in reports["torch"]["metrics"][protocol].items():
+            assert reports["onnx"]["metrics"][protocol][key] == pytest.approx(value, abs=0.5), (protocol, key)
+    service = SegmentService.load(str(exported), device="cpu")
+    answer = service.predict(Image.fromarray(_scene()), ["the red square"])
+    direct = OnnxPredictor(exported).predict(_scene(), ["the red square"])[0]
+    assert np.array_equal(answer.masks[0], direct.mask)
+    assert service.info["config"]["max_tokens"] == TOKENS
