@@ -10,7 +10,7 @@ given, so a seed gives the same scene.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -31,15 +31,23 @@ class AerialObject:
     polygons: list[list[tuple[float, float]]]
     fill: tuple[int, int, int]
     mask: np.ndarray | None = None  # bool (H, W), set by `render`
+    # (mask, area, centre) of the mask last measured: the expression checks read area and
+    # centre thousands of times per scene
+    _measured: tuple | None = field(default=None, repr=False, compare=False)
+
+    def _measure(self) -> tuple[int, tuple[float, float]]:
+        if self._measured is None or self._measured[0] is not self.mask:
+            ys, xs = np.nonzero(self.mask)
+            self._measured = (self.mask, int(len(xs)), (float(xs.mean()), float(ys.mean())) if len(xs) else (float("nan"),) * 2)
+        return self._measured[1], self._measured[2]
 
     @property
     def area(self) -> int:
-        return int(self.mask.sum()) if self.mask is not None else 0
+        return self._measure()[0] if self.mask is not None else 0
 
     @property
     def centre(self) -> tuple[float, float]:
-        ys, xs = np.nonzero(self.mask)
-        return float(xs.mean()), float(ys.mean())
+        return self._measure()[1]
 
     def box(self) -> tuple[float, float, float, float]:
         xs = [x for p in self.polygons for x, _ in p]
