@@ -33,6 +33,7 @@ EXPRESSIONS = [
     "tabs\tand\nnew lines",
     " ".join(["a very long expression that keeps going"] * 6),
     "unaffable unbelievable antidisestablishmentarianism",
+    "a lone surrogate \ud800 in the middle",
 ]
 
 BLOCKER = """

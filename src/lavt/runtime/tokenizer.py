@@ -7,6 +7,7 @@ the same by construction (a test compares them).
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +15,10 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from lavt.errors import LAVTUserError
+
+# Lone UTF-16 surrogates are not characters and the backend cannot encode them; the torch side
+# (lavt.data.tokenization) turns them into U+FFFD, which BERT's normaliser drops: the same here.
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 class ExportedTokenizer:
@@ -38,7 +43,7 @@ class ExportedTokenizer:
 
     def token_ids(self, text: str) -> list[int]:
         """All ids of `text` with [CLS]/[SEP] and no cut."""
-        return list(self._backend.encode(text, add_special_tokens=True).ids)
+        return list(self._backend.encode(_SURROGATES.sub("\ufffd", text), add_special_tokens=True).ids)
 
     def is_truncated(self, text: str) -> bool:
         return len(self.token_ids(text)) > self.max_tokens
@@ -52,7 +57,8 @@ class ExportedTokenizer:
                 raise LAVTUserError(f"expression {i} must be a string, got {type(text).__name__}")
         ids = np.zeros((len(texts), self.max_tokens), dtype=np.int64)
         mask = np.zeros_like(ids)
-        for row, enc in enumerate(self._backend.encode_batch(texts, add_special_tokens=True) if texts else []):
+        clean = [_SURROGATES.sub("\ufffd", t) for t in texts]
+        for row, enc in enumerate(self._backend.encode_batch(clean, add_special_tokens=True) if texts else []):
             kept = enc.ids[: self.max_tokens]
             ids[row, : len(kept)] = kept
             mask[row, : len(kept)] = 1
