@@ -196,3 +196,4 @@ def test_evaluate_and_serve_run_an_exported_folder(root, exported, tmp_path):
     direct = OnnxPredictor(exported).predict(_scene(), ["the red square"])[0]
     assert np.array_equal(answer.masks[0], direct.mask)
     assert service.info["config"]["max_tokens"] == TOKENS
+    assert service.info["parameters"] == LAVT.from_pretrained(tiny_model_dir(root)).num_parameters() > 0

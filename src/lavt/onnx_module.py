@@ -70,3 +70,7 @@ class OnnxLAVT(nn.Module):
             image = image.unsqueeze(0)
         n = (input_ids if input_ids is not None else text_mask).shape[0]  # type: ignore[union-attr]
         return self._run(image.expand(n, -1, -1, -1), input_ids, attention_mask, text_features, text_mask)
+
+    def num_parameters(self) -> int:
+        """The exported model's parameter count, recorded at export (0 when unknown)."""
+        return int(self.onnx.config.get("parameters", 0))

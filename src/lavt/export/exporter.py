@@ -130,6 +130,7 @@ def export_model(
         "std": list(IMAGENET_STD),
         "max_tokens": n_tokens,
         "text_dim": model.config.text_dim,
+        "parameters": model.num_parameters(),
         "tokenizer": TOKENIZER_NAME if tokenizer is not None else None,
         "opset": int(opset),
         "source": str(loaded.source),

@@ -84,7 +84,7 @@ def describe_model(predictor: Predictor, checkpoint: str) -> dict[str, Any]:
         "architecture": f"LAVT, {swin}, PWAM ({cfg.fusion}, norm {cfg.pwam_norm}), {text}",
         "image_size": predictor.image_size,
         "max_tokens": getattr(predictor.tokenizer, "max_tokens", cfg.max_tokens),
-        "parameters": int(sum(p.numel() for p in predictor.model.parameters())),
+        "parameters": int(predictor.model.num_parameters()),  # also for an exported model (lavt.onnx_module)
         "device": str(predictor.device),
         "precision": predictor.precision,
         "config": cfg.to_dict(),
