@@ -116,6 +116,10 @@ def test_model_cards(root, tmp_path):
     meta = yaml.safe_load(text.split("---")[1])
     assert meta["datasets"] == ["refcoco"] and meta["metrics"] == ["oIoU", "mIoU"]
     assert "| oIoU | 72.73 |" in text and "embed dim 128, depths 2-2-18-2, window 12" in text
+    from lavt.demo import shipped_model_dir
+
+    shipped = (shipped_model_dir() / "README.md").read_text()
+    assert yaml.safe_load(shipped.split("---")[1])["metrics"] == ["oIoU", "mIoU", "P@0.5", "P@0.9"] and "| oIoU | 85.65 |" in shipped
     onnx_card = (tiny_export(root) / "README.md").read_text()
     assert "onnx" in yaml.safe_load(onnx_card.split("---")[1])["tags"]
     assert "OnnxPredictor" in onnx_card and "largest logit difference to the torch model" in onnx_card
