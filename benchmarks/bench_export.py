@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--int8-method", default="dynamic", choices=["dynamic", "static"], help="int8 quantisation (default dynamic)")
+    p.add_argument("--no-split", action="store_true", help="skip the split export")
     p.add_argument("--out", type=Path, default=None, help="folder for the exports (default: a temporary one)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
@@ -100,19 +102,22 @@ def main(argv: list[str] | None = None) -> int:
         root = args.out or Path(tmp)
         saved = ours.save_pretrained(root / "model")
         t0 = time.perf_counter()
-        full = export_model(saved, root / "full", image_size=args.size, tokens=args.tokens, quantize="int8")
+        options = dict(image_size=args.size, tokens=args.tokens, quantize="int8", int8_method=args.int8_method)
+        full = export_model(saved, root / "full", **options)
         export_s = time.perf_counter() - t0
-        split = export_model(saved, root / "split", image_size=args.size, tokens=args.tokens, quantize="int8", parts="split")
-        res["export"] = {"seconds_full_float32_and_int8": export_s, "files_full": full.files, "files_split": split.files,
-                         "parity_full": full.parity, "parity_split": split.parity}
+        split = None if args.no_split else export_model(saved, root / "split", parts="split", **options)
+        res["export"] = {"seconds_full_float32_and_int8": export_s, "files_full": full.files, "parity_full": full.parity}
+        if split is not None:
+            res["export"].update(files_split=split.files, parity_split=split.parity)
         log(f"export (float32 + int8 full graph, parity checks included): {export_s:.1f} s")
-        for name, size in {**full.files, **split.files}.items():
+        for name, size in {**full.files, **(split.files if split else {})}.items():
             if name.endswith(".onnx"):
                 log(f"  {name}: {size / 1e6:.1f} MB")
 
-        sessions = {name: OnnxModel(folder, precision=prec, threads=args.threads)
-                    for name, folder, prec in [("onnx_fp32", full.folder, "float32"), ("onnx_int8", full.folder, "int8"),
-                                               ("split_fp32", split.folder, "float32"), ("split_int8", split.folder, "int8")]}
+        graphs = [("onnx_fp32", full.folder, "float32"), ("onnx_int8", full.folder, "int8")]
+        if split is not None:
+            graphs += [("split_fp32", split.folder, "float32"), ("split_int8", split.folder, "int8")]
+        sessions = {name: OnnxModel(folder, precision=prec, threads=args.threads) for name, folder, prec in graphs}
         image, ids, mask = make_inputs(1, args.size, args.tokens, seed=3)
         img, ids_np, mask_np = image.numpy(), ids.numpy(), mask.numpy()
         cached = {k: s.text_features(ids_np, mask_np) for k, s in sessions.items() if k.startswith("split")}
