@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lavt.demo.recipe import DEFAULT_MINUTES, DemoRecipe
+from lavt.demo.recipe import AERIAL, AERIAL_MINUTES, DEFAULT_MINUTES, STYLES, DemoRecipe
 
 # option dest -> DemoRecipe field, for the recipe options (None: the recipe's default)
 RECIPE_OPTIONS = {
@@ -54,17 +54,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", type=Path, default=None, help="evaluate this demo model folder instead of the shipped one")
     p.add_argument("--seed", type=int, default=None, help="seed of the fresh evaluation scenes (default: one never used in training)")
     p.add_argument("--images", type=int, default=120, help="number of fresh evaluation scenes (default 120)")
+    p.add_argument("--style", default="synthref", choices=STYLES,
+                   help="the generated scenes: synthref's shapes (default) or top-down aerial scenes (synthrs, as in "
+                   "remote sensing); with --train --style aerial the shipped model is fine-tuned on aerial scenes "
+                   "unless --init or --scratch says otherwise")
     g = p.add_argument_group("training recipe (with --train)")
     g.add_argument("--minutes", type=float, default=None,
                    help=f"train for this many minutes of wall time, the schedule following the time spent "
-                   f"(default without --steps: {DEFAULT_MINUTES:g}, the 10-minute run)")
+                   f"(default without --steps: {DEFAULT_MINUTES:g}, the 10-minute run; {AERIAL_MINUTES:g} with --style aerial)")
     g.add_argument("--steps", type=int, default=None, help="train for exactly this many optimiser steps instead (reproducible)")
     g.add_argument("--quick", action="store_true", help="a very short run (CI smoke test): 20 steps on 60 scenes")
     g.add_argument("--batch-size", type=int, default=d.batch_size)
-    g.add_argument("--lr", type=float, default=d.lr)
-    g.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    aerial = "fine-tuning with --style aerial"
+    g.add_argument("--lr", type=float, default=None, help=f"default {d.lr:g}; {AERIAL['lr']:g} {aerial}")
+    g.add_argument("--warmup-steps", type=int, default=None, help=f"default {d.warmup_steps}; {AERIAL['warmup_steps']} {aerial}")
     g.add_argument(
-        "--curriculum", type=float, default=d.curriculum, help="share of the run (steps or minutes) on attribute expressions only"
+        "--curriculum", type=float, default=None,
+        help=f"share of the run (steps or minutes) on attribute expressions only (default {d.curriculum:g}; "
+        f"{AERIAL['curriculum']:g} {aerial})",
     )
     g.add_argument("--kind-weights", type=_kind_weights, default={},
                    help="sampling weight per expression kind after the curriculum, e.g. relation=2 (others weigh 1; "
@@ -85,13 +92,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--decoder-hidden", type=int, default=None, help=f"default: the --init model's, else {d.decoder_hidden}")
     g.add_argument("--pwam-norm", default=None, choices=["instance", "layer", "none"],
                    help=f"PWAM normalisation (official: instance; default: the --init model's, else {d.pwam_norm})")
-    g.add_argument("--train-images", type=int, default=d.train_images)
+    g.add_argument("--train-images", type=int, default=None, help=f"default {d.train_images}; {AERIAL['train_images']} {aerial}")
     g.add_argument("--data-seed", type=int, default=d.data_seed)
     g.add_argument("--train-seed", type=int, default=d.seed)
     g.add_argument("--precision", default=d.precision, choices=["auto", "fp32", "bf16"])
     g.add_argument("--init", type=Path, default=None, help="continue from this demo model folder instead of from scratch; the "
                    "architecture options default to its own (same widths; --patch-size may differ, the stem is resampled; "
-                   "--depths may add blocks, which start as identities)")
+                   "--depths may add blocks, which start as identities; default with --style aerial: the shipped model)")
+    g.add_argument("--scratch", action="store_true",
+                   help="with --style aerial: train from scratch instead of fine-tuning the shipped model")
     g.add_argument("--drop-path", type=float, default=d.drop_path_rate, help=f"stochastic depth rate (default {d.drop_path_rate})")
     p.set_defaults(func=run)
 
@@ -103,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
     main(
         args.out, train=args.train, model=args.model, seed=args.seed, images=args.images, precision=args.precision,
         quick=args.quick, steps=args.steps, minutes=args.minutes, init=args.init,
+        style=args.style, scratch=args.scratch,
         recipe_options={field: getattr(args, dest) for dest, field in RECIPE_OPTIONS.items()},
     )
     return 0

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lavt.demo.scenes import SceneSet, TextCache, generate_scenes, load_scenes
+from lavt.demo.scenes import SceneSet, TextCache, generate_scenes, load_scenes, scene_dataset
 from lavt.engine.evaluate import score_image_group
 from lavt.loading import default_tokenizer, load_model
 from lavt.metrics import ReferringMetrics
@@ -79,13 +79,13 @@ def draw_overlays(scenes: SceneSet, predictions: list[dict[str, Any]], folder: P
     return written
 
 
-def evaluate_demo(model_dir: Path, out: Path, seed: int, images: int, precision: str = "auto") -> dict[str, Any]:
-    """Score a demo model on `images` fresh scenes of `seed`, with and without the
+def evaluate_demo(model_dir: Path, out: Path, seed: int, images: int, precision: str = "auto", style: str = "synthref") -> dict[str, Any]:
+    """Score a demo model on `images` fresh scenes of `seed` (of `style`), with and without the
     expressions; writes the scenes to `out/scenes` and overlays to `out/overlays`."""
     loaded = load_model(model_dir)
     model, tokenizer = loaded.model, loaded.tokenizer or default_tokenizer(loaded.model)
-    data = generate_scenes(out / "scenes", seed, images)
-    scenes = load_scenes(data, None, model.config.image_size)
+    data = generate_scenes(out / "scenes", seed, images, style=style)
+    scenes = load_scenes(data, None, model.config.image_size, dataset=scene_dataset(style))
     texts = TextCache(model, tokenizer)
     t0 = time.perf_counter()
     with_text = evaluate_scenes(model, texts, scenes, precision=precision, keep_predictions=True)
@@ -93,7 +93,7 @@ def evaluate_demo(model_dir: Path, out: Path, seed: int, images: int, precision:
     seconds = time.perf_counter() - t0
     overlays = draw_overlays(scenes, with_text.pop("predictions"), out / "overlays")
     return {
-        "scenes": {"root": str(data), "seed": seed, "images": len(scenes.image_files), "expressions": with_text["count"]},
+        "scenes": {"root": str(data), "style": style, "seed": seed, "images": len(scenes.image_files), "expressions": with_text["count"]},
         "with_expression": with_text,
         "empty_expression": no_text,
         "protocol": f"official: masks at {model.config.image_size}x{model.config.image_size}, every expression",

@@ -5,6 +5,8 @@
   by an empty one shows how much the language matters. Writes DIR/results.json, overlay
   pictures with their expressions, and DIR/model (loadable by `lavt predict`/`lavt evaluate`).
 - `lavt demo --train --out DIR`: the same, from scratch: generate, train, evaluate, save.
+- `--style aerial`: the same on top-down aerial scenes (`synthrs`); with `--train`, the
+  shipped model is fine-tuned on them (unless `--init` or `--scratch` says otherwise).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import torch
 from lavt.demo import shipped_model_dir
 from lavt.demo.evaluate import evaluate_demo
 from lavt.demo.recipe import DemoRecipe
-from lavt.demo.scenes import generate_scenes, load_scenes
+from lavt.demo.scenes import generate_scenes, load_scenes, scene_dataset
 from lavt.demo.trainer import train_demo
 from lavt.demo.warmstart import check_recipe
 from lavt.engine.report import metrics_table
@@ -44,6 +46,8 @@ def main(
     minutes: float | None = None,
     init: Path | None = None,
     recipe_options: dict[str, Any] | None = None,
+    style: str = "synthref",
+    scratch: bool = False,
 ) -> dict[str, Any]:
     """`lavt demo` with its options: evaluate a demo model (the shipped one, or `model`) or,
     with `train`, train one by `DemoRecipe.from_options` first (`recipe_options` are recipe
@@ -52,26 +56,29 @@ def main(
     if images < 1:
         raise LAVTUserError(f"--images must be positive, got {images}")
     if not train:
-        return run_demo(out, seed=seed, images=images, model=model, precision=precision)
-    recipe = DemoRecipe.from_options(steps=steps, minutes=minutes, quick=quick, init=init, precision=precision, **(recipe_options or {}))
+        return run_demo(out, seed=seed, images=images, model=model, precision=precision, style=style)
+    recipe = DemoRecipe.from_options(steps=steps, minutes=minutes, quick=quick, init=init, precision=precision, style=style,
+                                     scratch=scratch, **(recipe_options or {}))
     return run_train(out, recipe, seed=seed, images=min(images, QUICK_IMAGES) if quick else images)
 
 
 def report(results: dict[str, Any]) -> str:
     a, b = results["with_expression"], results["empty_expression"]
     lines = [
-        f"{results['scenes']['expressions']} expressions on {results['scenes']['images']} fresh scenes (seed {results['scenes']['seed']})",
+        f"{results['scenes']['expressions']} expressions on {results['scenes']['images']} fresh "
+        f"{'aerial ' if results['scenes'].get('style') == 'aerial' else ''}scenes (seed {results['scenes']['seed']})",
         metrics_table([("with expression", a["metrics"]), ("empty expression", b["metrics"])]),
         "oIoU by expression kind: " + ", ".join(f"{k} {v:.1f}" for k, v in a["per_kind_oIoU"].items()),
     ]
     return "\n".join(lines)
 
 
-def run_demo(out: Path, seed: int = EVAL_SEED, images: int = 120, model: Path | None = None, precision: str = "auto") -> dict[str, Any]:
-    """Evaluate a demo model (default: the shipped one) on fresh scenes; copy it to out/model."""
+def run_demo(out: Path, seed: int = EVAL_SEED, images: int = 120, model: Path | None = None, precision: str = "auto",
+             style: str = "synthref") -> dict[str, Any]:
+    """Evaluate a demo model (default: the shipped one) on fresh scenes of `style`; copy it to out/model."""
     out.mkdir(parents=True, exist_ok=True)
     source = Path(model) if model else shipped_model_dir()
-    results = evaluate_demo(source, out, seed, images, precision)
+    results = evaluate_demo(source, out, seed, images, precision, style=style)
     target = out / "model"
     if target.resolve() != source.resolve():
         if target.exists():
@@ -82,7 +89,8 @@ def run_demo(out: Path, seed: int = EVAL_SEED, images: int = 120, model: Path | 
     print(report(results))
     print(f"\nwrote {out / 'results.json'}, {len(results['overlays'])} overlays in {out / 'overlays'}, model in {target}")
     example = results["overlays"][0] if results["overlays"] else "IMAGE"
-    print(f'try: lavt predict --checkpoint {target} {example} "the red circle" --out {out / "predictions"}')
+    words = "the largest building" if style == "aerial" else "the red circle"
+    print(f'try: lavt predict --checkpoint {target} {example} "{words}" --out {out / "predictions"}')
     return results
 
 
@@ -92,8 +100,10 @@ def run_train(out: Path, recipe: DemoRecipe, seed: int = EVAL_SEED, images: int 
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     print(f"generating {recipe.train_images} training scenes (seed {recipe.data_seed}) ...", flush=True)
-    data = generate_scenes(out / "train_data", recipe.data_seed, recipe.train_images, train_only=True)
-    train_set = load_scenes(data, "train", recipe.image_size)
+    data = generate_scenes(out / "train_data", recipe.data_seed, recipe.train_images, train_only=True, style=recipe.style)
+    # aerial scenes are always split 80/10/10: all of them are training data here
+    train_set = load_scenes(data, "train" if recipe.style == "synthref" else None, recipe.image_size,
+                            dataset=scene_dataset(recipe.style))
     length = f"{recipe.steps} steps" if recipe.minutes is None else f"for {recipe.minutes:g} minutes"
     print(f"{len(train_set.expressions)} objects, {train_set.num_expressions} expressions; training {length}", flush=True)
     result = train_demo(recipe, train_set)
@@ -108,7 +118,7 @@ def run_train(out: Path, recipe: DemoRecipe, seed: int = EVAL_SEED, images: int 
     h = result.history
     curve = plot_training(out / "training_curve.png", [r["step"] for r in h], [r["loss"] for r in h],
                           lrs=[r["lr"] for r in h], loss_label="CE + Dice", title="demo training")
-    results = evaluate_demo(model_dir, out, seed, images, recipe.precision)
+    results = evaluate_demo(model_dir, out, seed, images, recipe.precision, style=recipe.style)
     results.update({
         "model": str(model_dir),
         "recipe": recipe.to_dict(),

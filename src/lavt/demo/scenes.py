@@ -15,11 +15,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lavt.data.refer import Refer
+from lavt.data.grefcoco import open_refer
 from lavt.data.synthref import generate
+from lavt.data.synthref.aerial import DATASET as AERIAL_DATASET
+from lavt.data.synthref.aerial import generate_aerial
 from lavt.data.transforms import image_to_tensor, mask_to_tensor
 
 SCENE_SIZE = (128, 192)  # (height, width) of the generated scenes, training and evaluation
+# Side of the (square) aerial scenes: objects scale with the side, so a larger side only adds
+# rendering detail that the model's input size then drops again
+AERIAL_SIDE = 128
 
 
 @dataclass
@@ -47,9 +52,18 @@ class SceneSet:
         return out
 
 
-def generate_scenes(folder: Path, seed: int, images: int, train_only: bool = False) -> Path:
+def scene_dataset(style: str) -> str:
+    """The dataset name under which `generate_scenes(style=style)` writes its scenes."""
+    return AERIAL_DATASET if style == "aerial" else "synthref"
+
+
+def generate_scenes(folder: Path, seed: int, images: int, train_only: bool = False, style: str = "synthref") -> Path:
     """`images` fresh synthref scenes in `folder` (overwritten); `train_only`: all in the
-    train split (a training set), else the usual split fractions."""
+    train split (a training set), else the usual split fractions. `style` "aerial": square
+    aerial scenes (`synthrs`, always split 80/10/10: load every split to train on all)."""
+    if style == "aerial":
+        generate_aerial(folder, seed=seed, num_images=images, image_size=(AERIAL_SIDE, AERIAL_SIDE), overwrite=True)
+        return folder
     extra: dict[str, Any] = {"split_fractions": (1.0, 0.0, 0.0, 0.0)} if train_only else {}
     generate(folder, seed=seed, num_images=images, image_size=SCENE_SIZE, overwrite=True, **extra)
     return folder
@@ -57,7 +71,7 @@ def generate_scenes(folder: Path, seed: int, images: int, train_only: bool = Fal
 
 def load_scenes(root: str | Path, split: str | None, size: int, dataset: str = "synthref", split_by: str = "unc") -> SceneSet:
     """Read a refer-format split (None = every split) into memory at `size` x `size`."""
-    refer = Refer(root, dataset, split_by)
+    refer = open_refer(root, dataset, split_by)
     ref_ids = refer.ref_ids(split)
     index: dict[int, int] = {}
     image_of_ref, masks, orig, exprs = [], [], [], []
