@@ -54,6 +54,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", type=Path, default=None, help="evaluate this demo model folder instead of the shipped one")
     p.add_argument("--seed", type=int, default=None, help="seed of the fresh evaluation scenes (default: one never used in training)")
     p.add_argument("--images", type=int, default=120, help="number of fresh evaluation scenes (default 120)")
+    p.add_argument("--generalized", action="store_true",
+                   help="generalised referring segmentation: fresh scenes with multi-target and no-target expressions, "
+                   "scored with gIoU/cIoU/N-acc/T-acc/Pr@t (no-target expressions are marked in the overlays); with "
+                   "--train, train only the no-target head of the --init model on generated generalised scenes, every "
+                   "other weight frozen (its masks stay exactly the init model's)")
     p.add_argument("--style", default="synthref", choices=STYLES,
                    help="the generated scenes: synthref's shapes (default) or top-down aerial scenes (synthrs, as in "
                    "remote sensing); with --train --style aerial the shipped model is fine-tuned on aerial scenes "
@@ -111,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
 
     main(
         args.out, train=args.train, model=args.model, seed=args.seed, images=args.images, precision=args.precision,
-        quick=args.quick, steps=args.steps, minutes=args.minutes, init=args.init,
+        quick=args.quick, steps=args.steps, minutes=args.minutes, init=args.init, generalized=args.generalized,
         style=args.style, scratch=args.scratch,
         recipe_options={field: getattr(args, dest) for dest, field in RECIPE_OPTIONS.items()},
     )

@@ -76,6 +76,10 @@ class DemoRecipe:
     seed: int = 0
     init: str | None = None  # start from this demo model's weights instead of scratch (see warmstart.py)
     style: str = "synthref"  # the generated scenes it trains on (STYLES)
+    # Generalised referring segmentation: train only the no-target head (`no_target="head"`)
+    # of the `init` model on generalised scenes, every other weight frozen, so its masks stay
+    # exactly the init model's
+    generalized: bool = False
 
     @classmethod
     def from_options(
@@ -142,6 +146,7 @@ class DemoRecipe:
             text_encoder=bert,
             text_encoder_weights=PACKAGED_MINILM,
             image_size=self.image_size,
+            no_target="head" if self.generalized else "none",
         )
 
     def validate(self) -> None:
@@ -164,6 +169,8 @@ class DemoRecipe:
                 raise LAVTUserError(f"--kind-weights: the weight of {kind} must be a finite number >= 0, got {w}")
         if self.kind_weights and not any(self.kind_weights.get(k, 1.0) > 0 for k in KINDS):
             raise LAVTUserError("--kind-weights: at least one kind needs a positive weight")
+        if self.generalized and not self.init:
+            raise LAVTUserError("--train --generalized trains the no-target head of a trained model: give it with --init MODEL_DIR")
         if self.style not in STYLES:
             raise LAVTUserError(f"--style must be one of {', '.join(STYLES)}, got {self.style!r}")
         if self.precision not in ("auto", "fp32", "bf16"):

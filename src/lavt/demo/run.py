@@ -7,6 +7,9 @@
 - `lavt demo --train --out DIR`: the same, from scratch: generate, train, evaluate, save.
 - `--style aerial`: the same on top-down aerial scenes (`synthrs`); with `--train`, the
   shipped model is fine-tuned on them (unless `--init` or `--scratch` says otherwise).
+- `--generalized`: the same on generalised scenes (multi-target and no-target expressions),
+  scored with the generalised metrics; with `--train --init MODEL_DIR`, only the init
+  model's no-target head is trained (its masks stay exactly the init model's).
 """
 from __future__ import annotations
 
@@ -19,10 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from lavt.data.synthref.language_generalized import GDATASET
 from lavt.demo import shipped_model_dir
 from lavt.demo.evaluate import evaluate_demo
+from lavt.demo.generalized import evaluate_generalized_demo, generalized_report
 from lavt.demo.recipe import DemoRecipe
-from lavt.demo.scenes import generate_scenes, load_scenes, scene_dataset
+from lavt.demo.scenes import generate_generalized_scenes, generate_scenes, load_scenes, scene_dataset
 from lavt.demo.trainer import train_demo
 from lavt.demo.warmstart import check_recipe
 from lavt.engine.report import metrics_table
@@ -46,23 +51,31 @@ def main(
     minutes: float | None = None,
     init: Path | None = None,
     recipe_options: dict[str, Any] | None = None,
+    generalized: bool = False,
     style: str = "synthref",
     scratch: bool = False,
 ) -> dict[str, Any]:
     """`lavt demo` with its options: evaluate a demo model (the shipped one, or `model`) or,
     with `train`, train one by `DemoRecipe.from_options` first (`recipe_options` are recipe
-    fields, None meaning the default)."""
+    fields, None meaning the default). `generalized`: generalised scenes and metrics; with
+    `train`, only the no-target head of the `init` model learns."""
     seed = EVAL_SEED if seed is None else seed
     if images < 1:
         raise LAVTUserError(f"--images must be positive, got {images}")
+    if style != "synthref" and generalized:
+        raise LAVTUserError(f"--generalized works on synthref scenes only, not with --style {style}")
     if not train:
-        return run_demo(out, seed=seed, images=images, model=model, precision=precision, style=style)
-    recipe = DemoRecipe.from_options(steps=steps, minutes=minutes, quick=quick, init=init, precision=precision, style=style,
-                                     scratch=scratch, **(recipe_options or {}))
+        return run_demo(out, seed=seed, images=images, model=model, precision=precision, generalized=generalized, style=style)
+    recipe = DemoRecipe.from_options(
+        steps=steps, minutes=minutes, quick=quick, init=init, precision=precision, generalized=generalized, style=style,
+        scratch=scratch, **(recipe_options or {})
+    )
     return run_train(out, recipe, seed=seed, images=min(images, QUICK_IMAGES) if quick else images)
 
 
 def report(results: dict[str, Any]) -> str:
+    if "no_target_rule" in results:
+        return generalized_report(results)
     a, b = results["with_expression"], results["empty_expression"]
     lines = [
         f"{results['scenes']['expressions']} expressions on {results['scenes']['images']} fresh "
@@ -73,12 +86,18 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(out: Path, seed: int = EVAL_SEED, images: int = 120, model: Path | None = None, precision: str = "auto",
-             style: str = "synthref") -> dict[str, Any]:
-    """Evaluate a demo model (default: the shipped one) on fresh scenes of `style`; copy it to out/model."""
+def run_demo(
+    out: Path, seed: int = EVAL_SEED, images: int = 120, model: Path | None = None, precision: str = "auto", generalized: bool = False,
+    style: str = "synthref",
+) -> dict[str, Any]:
+    """Evaluate a demo model (default: the shipped one) on fresh scenes (generalised ones with
+    `generalized`); copy it to out/model."""
     out.mkdir(parents=True, exist_ok=True)
     source = Path(model) if model else shipped_model_dir()
-    results = evaluate_demo(source, out, seed, images, precision, style=style)
+    if generalized:
+        results = evaluate_generalized_demo(source, out, seed, images, precision)
+    else:
+        results = evaluate_demo(source, out, seed, images, precision, style=style)
     target = out / "model"
     if target.resolve() != source.resolve():
         if target.exists():
@@ -100,10 +119,14 @@ def run_train(out: Path, recipe: DemoRecipe, seed: int = EVAL_SEED, images: int 
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     print(f"generating {recipe.train_images} training scenes (seed {recipe.data_seed}) ...", flush=True)
-    data = generate_scenes(out / "train_data", recipe.data_seed, recipe.train_images, train_only=True, style=recipe.style)
-    # aerial scenes are always split 80/10/10: all of them are training data here
-    train_set = load_scenes(data, "train" if recipe.style == "synthref" else None, recipe.image_size,
-                            dataset=scene_dataset(recipe.style))
+    if recipe.generalized:
+        data = generate_generalized_scenes(out / "train_data", recipe.data_seed, recipe.train_images, train_only=True)
+        train_set = load_scenes(data, "train", recipe.image_size, dataset=GDATASET)
+    else:
+        data = generate_scenes(out / "train_data", recipe.data_seed, recipe.train_images, train_only=True, style=recipe.style)
+        # aerial scenes are always split 80/10/10: all of them are training data here
+        train_set = load_scenes(data, "train" if recipe.style == "synthref" else None, recipe.image_size,
+                                dataset=scene_dataset(recipe.style))
     length = f"{recipe.steps} steps" if recipe.minutes is None else f"for {recipe.minutes:g} minutes"
     print(f"{len(train_set.expressions)} objects, {train_set.num_expressions} expressions; training {length}", flush=True)
     result = train_demo(recipe, train_set)
@@ -117,8 +140,12 @@ def run_train(out: Path, recipe: DemoRecipe, seed: int = EVAL_SEED, images: int 
     )
     h = result.history
     curve = plot_training(out / "training_curve.png", [r["step"] for r in h], [r["loss"] for r in h],
-                          lrs=[r["lr"] for r in h], loss_label="CE + Dice", title="demo training")
-    results = evaluate_demo(model_dir, out, seed, images, recipe.precision, style=recipe.style)
+                          lrs=[r["lr"] for r in h], loss_label="no-target BCE" if recipe.generalized else "CE + Dice",
+                          title="demo no-target head training" if recipe.generalized else "demo training")
+    if recipe.generalized:
+        results = evaluate_generalized_demo(model_dir, out, seed, images, recipe.precision)
+    else:
+        results = evaluate_demo(model_dir, out, seed, images, recipe.precision, style=recipe.style)
     results.update({
         "model": str(model_dir),
         "recipe": recipe.to_dict(),

@@ -19,6 +19,7 @@ from lavt.data.grefcoco import open_refer
 from lavt.data.synthref import generate
 from lavt.data.synthref.aerial import DATASET as AERIAL_DATASET
 from lavt.data.synthref.aerial import generate_aerial
+from lavt.data.synthref.language_generalized import GDATASET, generate_generalized
 from lavt.data.transforms import image_to_tensor, mask_to_tensor
 
 SCENE_SIZE = (128, 192)  # (height, width) of the generated scenes, training and evaluation
@@ -30,7 +31,8 @@ AERIAL_SIDE = 128
 @dataclass
 class SceneSet:
     """A split held in memory: normalised images (I,3,S,S), masks (R,S,S) per ref, the
-    original-size masks, and per ref its expressions with their kind."""
+    original-size masks, per ref its expressions with their kind and (a generalised set)
+    whether it names no object (empty: every ref names one)."""
 
     images: torch.Tensor
     image_of_ref: torch.Tensor
@@ -39,6 +41,7 @@ class SceneSet:
     expressions: list[list[tuple[str, str]]]
     file_names: list[str] = field(default_factory=list)
     image_files: list[Path] = field(default_factory=list)
+    no_target: list[bool] = field(default_factory=list)
 
     @property
     def num_expressions(self) -> int:
@@ -69,12 +72,22 @@ def generate_scenes(folder: Path, seed: int, images: int, train_only: bool = Fal
     return folder
 
 
+def generate_generalized_scenes(folder: Path, seed: int, images: int, train_only: bool = False) -> Path:
+    """`generate_scenes`, then their generalised expressions (multi-target and no-target) in
+    `folder/synthgref` (`lavt data synth --generalized`); load them with dataset=GDATASET."""
+    generate_scenes(folder, seed, images, train_only)
+    generate_generalized(folder, seed=seed)
+    return folder
+
+
 def load_scenes(root: str | Path, split: str | None, size: int, dataset: str = "synthref", split_by: str = "unc") -> SceneSet:
-    """Read a refer-format split (None = every split) into memory at `size` x `size`."""
+    """Read a refer-format split (None = every split) into memory at `size` x `size`; a
+    gRefCOCO-layout dataset (GDATASET) also gives each ref's no-target flag."""
     refer = open_refer(root, dataset, split_by)
+    generalized = dataset == GDATASET
     ref_ids = refer.ref_ids(split)
     index: dict[int, int] = {}
-    image_of_ref, masks, orig, exprs = [], [], [], []
+    image_of_ref, masks, orig, exprs, no_target = [], [], [], [], []
     for rid in ref_ids:
         ref = refer.refs[rid]
         iid = int(ref["image_id"])
@@ -84,6 +97,8 @@ def load_scenes(root: str | Path, split: str | None, size: int, dataset: str = "
         orig.append(m.astype(bool))
         masks.append(mask_to_tensor(m, size).bool())
         exprs.append([(s["raw"], str(s.get("kind", ""))) for s in ref["sentences"]])
+        if generalized:
+            no_target.append(bool(refer.no_target(rid)))
     order = sorted(index, key=index.get)
     images = torch.stack([image_to_tensor(refer.load_image(i), size) for i in order])
     return SceneSet(
@@ -94,6 +109,7 @@ def load_scenes(root: str | Path, split: str | None, size: int, dataset: str = "
         expressions=exprs,
         file_names=[refer.images[i]["file_name"] for i in order],
         image_files=[refer.image_path(i) for i in order],
+        no_target=no_target,
     )
 
 
@@ -154,7 +170,7 @@ class SceneBatches:
     """The demo's batch source for the engine's `run_steps`: each step, `batch_size` refs
     drawn at random with one expression each (attribute expressions only while the run's
     progress is below `curriculum`, then by `kind_weights`), their text features from the
-    cache. One micro-batch per step."""
+    cache, and for a generalised set each ref's no-target label. One micro-batch per step."""
 
     def __init__(
         self,
@@ -176,4 +192,7 @@ class SceneBatches:
         draw = self.attribute_only if progress < self.curriculum else self.weighted
         feats, mask = self.texts([draw(r, self.rng) for r in refs])
         ridx = torch.from_numpy(refs)
-        return [{"image": s.images[s.image_of_ref[ridx]], "mask": s.masks[ridx].long(), "text_features": feats, "text_mask": mask}]
+        batch = {"image": s.images[s.image_of_ref[ridx]], "mask": s.masks[ridx].long(), "text_features": feats, "text_mask": mask}
+        if s.no_target:
+            batch["no_target"] = torch.tensor([s.no_target[r] for r in refs.tolist()])
+        return [batch]

@@ -8,6 +8,9 @@ loss, clipping, schedule and non-finite check); the recipe brings what is its ow
 - the budget: exactly `steps` steps, or `minutes` of wall time, whose progress drives the
   warm-up + polynomial schedule and the curriculum;
 - the `ndim` weight-decay rule and, where the CPU has native bf16, bf16 autocast.
+
+With `recipe.generalized` only the no-target head learns (the engine's `NoTargetTerm`), every
+other weight frozen and in eval mode, so the masks stay the init model's bit for bit.
 """
 from __future__ import annotations
 
@@ -18,11 +21,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from lavt.data.tokenization import ExpressionTokenizer
 from lavt.demo.recipe import DemoRecipe
 from lavt.demo.scenes import SceneBatches, SceneSet, TextCache
 from lavt.demo.warmstart import warm_start
+from lavt.engine.generalized import NoTargetTerm
 from lavt.engine.loop import StepBudget, StepResult, TimeBudget, TrainStep, progress_bar, run_steps
 from lavt.engine.losses import SegmentationLoss
 from lavt.engine.optim import PolyWarmup, PolyWarmupLR, adamw, param_groups
@@ -30,6 +35,32 @@ from lavt.models import LAVT
 from lavt.models.text_encoder import default_text_encoder_dir
 
 CLIP_GRAD_NORM = 1.0  # the recipe clips the gradient norm of every step
+HEAD_PREFIX = "no_target_head."
+
+
+class FrozenMaskLoss:
+    """The mask loss of a step that trains only the no-target head: the frozen decoder has
+    nothing to learn, so its term is 0 (and the logged loss is the head's alone)."""
+
+    def __call__(self, logits: torch.Tensor, target: torch.Tensor, norms: Any = None) -> torch.Tensor:
+        return logits.new_zeros((), dtype=torch.float32)
+
+
+class HeadOnly(nn.Module):
+    """What the engine's step trains when only the no-target head learns: the frozen model's
+    features and mask logits without gradients, then the head. Returns (mask logits,
+    no-target logits) as `LAVT.forward(..., return_no_target=True)` does."""
+
+    def __init__(self, model: LAVT) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor, *, text_features: torch.Tensor, text_mask: torch.Tensor,
+                return_no_target: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            feats = self.model.features(image, text_features=text_features, text_mask=text_mask)
+            logits = self.model.decode(feats, tuple(image.shape[-2:]))
+        return logits, self.model.no_target_logit(feats, text_features, text_mask, logits)
 
 
 @dataclass
@@ -58,15 +89,19 @@ def train_demo(
     model.load_text_encoder_weights()  # frozen, from the packaged MiniLM
     if recipe.init:
         warm_start(model, Path(recipe.init))
+    if recipe.generalized:
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith(HEAD_PREFIX))
     tokenizer = ExpressionTokenizer(default_text_encoder_dir(), max_tokens=cfg.max_tokens)
     texts = TextCache(model, tokenizer)
 
     optimizer = adamw(param_groups(model, recipe.lr, recipe.weight_decay, rule="ndim"), lr=recipe.lr, weight_decay=recipe.weight_decay)
     scheduler = PolyWarmupLR(optimizer, PolyWarmup.ramp(recipe.warmup_steps, recipe.steps))
+    criterion: Any = FrozenMaskLoss() if recipe.generalized else SegmentationLoss("ce+dice", dice_weight=recipe.dice_weight)
     step = TrainStep(
-        model, SegmentationLoss("ce+dice", dice_weight=recipe.dice_weight), optimizer, scheduler,
+        HeadOnly(model) if recipe.generalized else model, criterion, optimizer, scheduler,
         precision=recipe.precision, clip_grad_norm=CLIP_GRAD_NORM, loss_normalization="local",
-        advice="Lower --lr (or use --precision fp32).",
+        advice="Lower --lr (or use --precision fp32).", no_target=NoTargetTerm(1.0) if recipe.generalized else None,
     )
     batches = SceneBatches(train_set, texts, recipe.batch_size, rng, recipe.curriculum, recipe.kind_weights)
     if recipe.minutes is None:
@@ -90,8 +125,11 @@ def train_demo(
         if on_step is not None:
             on_step(result.step, result.loss, model)
 
-    model.train()
-    model.text_encoder.eval()
+    if recipe.generalized:
+        model.eval()  # the frozen model computes what it computes at inference (no drop-path)
+    else:
+        model.train()
+        model.text_encoder.eval()
     try:
         steps = run_steps(step, batches, budget, record)
     finally:

@@ -7,6 +7,7 @@ blocks start as identities, so the grown model computes what the source did).
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ from lavt.models import LAVT
 
 STEM = "backbone.patch_embed.proj.weight"
 APE = "backbone.absolute_pos_embed"
+HEAD = "no_target_head."  # a no-target head the source lacks starts fresh
 _BLOCK = re.compile(r"backbone\.layers\.(\d+)\.blocks\.(\d+)\.")
 _RESIDUAL_OUT = re.compile(r"\.(attn\.proj|mlp\.fc2)\.")
 
@@ -44,7 +46,9 @@ def warm_start(model: LAVT, folder: Path) -> None:
     """Copy a saved demo model's weights into `model`. The recipe must build the same shapes,
     except for the patch size and the absolute position grid, which are resampled (the stem
     as in `resample_patch_embed`, the position table bicubically, as the forward resizes it),
-    and for blocks added at the end of a stage, which start as identities."""
+    and for blocks added at the end of a stage, which start as identities. A no-target head
+    that `model` has and the saved model lacks keeps its fresh initialisation; one that only the
+    saved model has is left out, with a warning."""
     loaded = load_model(folder).model
     source, target = loaded.state_dict(), model.state_dict()
     if STEM in source and STEM in target and source[STEM].shape[:2] == target[STEM].shape[:2]:
@@ -62,6 +66,16 @@ def warm_start(model: LAVT, folder: Path) -> None:
         m = _BLOCK.match(key)
         if key not in source and m and m.group(1) in have and int(m.group(2)) >= have[m.group(1)]:
             source[key] = torch.zeros_like(target[key]) if _RESIDUAL_OUT.search(key) else target[key]
+    for key in target:
+        if key.startswith(HEAD) and key not in source:
+            source[key] = target[key]
+    dropped = [k for k in source if k.startswith(HEAD) and k not in target]
+    if dropped:
+        # classic training changes the features the head reads, so its head would be stale
+        warnings.warn(f"--init {folder}: its no-target head is left out (classic training); "
+                      "train a new one afterwards with `lavt demo --train --generalized --init MODEL_DIR`", stacklevel=2)
+        for k in dropped:
+            del source[k]
     bad = sorted(k for k in target if k not in source or source[k].shape != target[k].shape)
     extra = sorted(k for k in source if k not in target)
     if bad or extra:

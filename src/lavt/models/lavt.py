@@ -142,10 +142,18 @@ class LAVT(nn.Module):
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
         feats, words, word_mask = self._encode(image, input_ids, attention_mask, text_features, text_mask)
         logits = self._decode(feats, tuple(image.shape[-2:]))
-        return (logits, self._no_target_logit(feats, words, word_mask)) if return_no_target else logits
+        return (logits, self.no_target_logit(feats, words, word_mask, logits)) if return_no_target else logits
 
-    def _no_target_logit(self, feats: list[torch.Tensor], words: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor | None:
-        return None if self.no_target_head is None else self.no_target_head(feats[-1], words, word_mask)
+    def no_target_logit(
+        self, feats: list[torch.Tensor], words: torch.Tensor, word_mask: torch.Tensor, logits: torch.Tensor
+    ) -> torch.Tensor | None:
+        """The no-target head's logits (E,) from the decoder inputs, the words and the mask
+        logits (None without a head)."""
+        return None if self.no_target_head is None else self.no_target_head(feats[-1], words, word_mask, logits)
+
+    def decode(self, feats: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        """Mask logits (B, 2, *size) from the decoder inputs `features` gives."""
+        return self._decode(feats, size)
 
     def features(
         self,
@@ -201,7 +209,7 @@ class LAVT(nn.Module):
         x, hw = self.backbone.stem(image)
         feats = self.backbone.forward_from_stem(x.expand(n, -1, -1), hw, l, m)
         logits = self._decode(feats, tuple(image.shape[-2:]))
-        return (logits, self._no_target_logit(feats, l, m)) if return_no_target else logits
+        return (logits, self.no_target_logit(feats, l, m, logits)) if return_no_target else logits
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(
