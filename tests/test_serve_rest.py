@@ -102,7 +102,10 @@ def test_schema_and_rle_equal_predictor(client, predictor, scene_and_expressions
     assert [x["expression"] for x in body["results"]] == EXPRESSIONS
     expected = predictor.predict(scene, EXPRESSIONS)
     for entry, pred in zip(body["results"], expected):
-        assert set(entry) == {"expression", "rle", "area", "score"}
+        # the shipped demo model decides no-target expressions (its head): the answer says so
+        assert set(entry) == {"expression", "rle", "area", "score", "no_target", "no_target_probability"}
+        assert entry["no_target"] is pred.no_target is False
+        assert entry["no_target_probability"] == pytest.approx(pred.no_target_probability, abs=1e-6)
         assert entry["rle"]["size"] == [height, width] and isinstance(entry["rle"]["counts"], str)
         decoded = mask_utils.decode({"size": entry["rle"]["size"], "counts": entry["rle"]["counts"].encode()})
         np.testing.assert_array_equal(decoded.astype(bool), pred.mask)
