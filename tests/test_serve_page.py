@@ -210,4 +210,5 @@ def test_page_warns_when_an_expression_is_cut(service, examples, tmp_path):
     long = "the red circle " + " ".join(["that is far to the left of all the others"] * 5)
     with pytest.warns(UserWarning, match="expression 2 is longer than 20 tokens and was cut"):
         outputs = PageHandler(service, tmp_path)(str(examples[0].image), f"the blue square\n{long}")
-    assert [row[0] for row in outputs[3]] == ["the blue square", long]
+    # the shipped model may answer "no such object" (its no-target head), which the row then says
+    assert [row[0].removesuffix(" (no such object)") for row in outputs[3]] == ["the blue square", long]
