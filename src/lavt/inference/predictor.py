@@ -6,7 +6,6 @@ resize, which the model never saw), and the masks come back at the original reso
 """
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from lavt.images import ImageInput, load_image
 from lavt.loading import default_tokenizer, load_model
 from lavt.models.no_target import decide
 from lavt.precision import PRECISIONS, autocast
-from lavt.runtime.prediction import Prediction
+from lavt.runtime.prediction import Prediction, check_expressions
 
 __all__ = ["ImageInput", "Prediction", "Predictor", "load_image"]
 
@@ -69,20 +68,7 @@ class Predictor:
         return tensor, (pil.height, pil.width)
 
     def tokenize(self, expressions: str | Sequence[str]) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-        if isinstance(expressions, str):
-            expressions = [expressions]
-        expressions = list(expressions)
-        if not expressions:
-            raise LAVTUserError("no expressions given: give at least one, e.g. 'the red car'")
-        for i, text in enumerate(expressions):
-            if not isinstance(text, str) or not text.strip():
-                raise LAVTUserError(f"expression {i + 1} is empty; describe the object to segment, e.g. 'the red car'")
-            if self.tokenizer.is_truncated(text):
-                warnings.warn(
-                    f"expression {i + 1} is longer than {self.tokenizer.max_tokens} tokens and was cut "
-                    f"(as in training): {text[:60]!r}...",
-                    stacklevel=3,
-                )
+        expressions = check_expressions(expressions, self.tokenizer)
         ids, mask = self.tokenizer(expressions)
         return expressions, ids.to(self.device), mask.to(self.device)
 

@@ -6,9 +6,14 @@ same masks.
 """
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from lavt.errors import LAVTUserError
 
 
 @dataclass
@@ -30,6 +35,24 @@ class Prediction:
     @property
     def area(self) -> int:
         return int(self.mask.sum())
+
+
+def check_expressions(expressions: str | Sequence[str], tokenizer: Any) -> list[str]:
+    """The expressions as a list, refused when there are none or one is empty; one warning per
+    expression longer than the model's tokens (`tokenizer.is_truncated`), which is cut as in
+    training. Shared by the torch `Predictor` and the runtime's `OnnxPredictor`."""
+    texts = [expressions] if isinstance(expressions, str) else list(expressions)
+    if not texts:
+        raise LAVTUserError("no expressions given: give at least one, e.g. 'the red car'")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str) or not text.strip():
+            raise LAVTUserError(f"expression {i + 1} is empty; describe the object to segment, e.g. 'the red car'")
+        if tokenizer.is_truncated(text):
+            warnings.warn(
+                f"expression {i + 1} is longer than {tokenizer.max_tokens} tokens and was cut (as in training): {text[:60]!r}...",
+                stacklevel=4,
+            )
+    return texts
 
 
 def _axis_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -8,7 +8,6 @@ runs only the vision graph.
 """
 from __future__ import annotations
 
-import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 
 from lavt.errors import LAVTUserError
 from lavt.images import ImageInput, image_to_array, load_image
-from lavt.runtime.prediction import Prediction, logits_to_predictions
+from lavt.runtime.prediction import Prediction, check_expressions, logits_to_predictions
 from lavt.runtime.session import OnnxModel
 from lavt.runtime.tokenizer import ExportedTokenizer
 
@@ -60,20 +59,7 @@ class OnnxPredictor:
         return image_to_array(pil, self.image_size, self.mean, self.std)[None], (pil.height, pil.width)
 
     def tokenize(self, expressions: str | Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
-        if isinstance(expressions, str):
-            expressions = [expressions]
-        expressions = list(expressions)
-        if not expressions:
-            raise LAVTUserError("give at least one expression")
-        for i, text in enumerate(expressions):
-            if not isinstance(text, str) or not text.strip():
-                raise LAVTUserError(f"expression {i + 1} is empty; describe the object to segment, e.g. 'the red car'")
-            if self.tokenizer.is_truncated(text):
-                warnings.warn(
-                    f"expression {i + 1} is longer than {self.tokenizer.max_tokens} tokens and was cut "
-                    f"(as in training): {text[:60]!r}...",
-                    stacklevel=3,
-                )
+        expressions = check_expressions(expressions, self.tokenizer)
         ids, mask = self.tokenizer(expressions)
         return expressions, ids, mask
 
