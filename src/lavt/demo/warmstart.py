@@ -94,4 +94,6 @@ def check_recipe(recipe: DemoRecipe) -> None:
     """Every recipe error, before any work: options, and an --init of another architecture."""
     recipe.validate()
     if recipe.init:
-        warm_start(LAVT(recipe.model_config()), Path(recipe.init))
+        with warnings.catch_warnings():  # a dry run: its warnings come once, from the real warm start
+            warnings.simplefilter("ignore")
+            warm_start(LAVT(recipe.model_config()), Path(recipe.init))
