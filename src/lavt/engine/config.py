@@ -251,7 +251,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # RRSIS-D as RMSIN (Liu et al., CVPR 2024; github.com/Lanx-Hou/RMSIN) trains LAVT-family
     # models: the one-model LAVT (text encoder inside, as here), lr 3e-5, 40 epochs, loss
     # 0.9 x class-weighted CE + 0.1 x Dice, 20-60 black 32-pixel boxes on a fixed 20% of
-    # the training refs. The rest is the official recipe.
+    # the training refs (the box count and size from an RMSIN-style augmentation read in another
+    # fork, not checked against RMSIN's own code). The rest is the official recipe.
     "rrsisd": dict(
         dataset="rrsisd",
         lr=3e-5,
