@@ -50,7 +50,43 @@ def _to_numpy(x: Any) -> np.ndarray:
     return x if isinstance(x, np.ndarray) else x.detach().cpu().numpy()
 
 
-class ReferringMetrics:
+class _SummedState:
+    """Shard combining for accumulators whose `state()` is a flat list of sums: `merge` and
+    `all_reduce` add the lists and `load_state` them back. Subclasses keep `thresholds`,
+    `count` and the per-expression IoUs `_ious` (kept exact across a merge when both sides
+    still have theirs)."""
+
+    thresholds: tuple[float, ...]
+    count: int
+    _ious: list[float]
+
+    def state(self) -> list[float]:
+        raise NotImplementedError
+
+    def load_state(self, state: list[float]) -> None:
+        raise NotImplementedError
+
+    def merge(self, other: Any) -> None:
+        """Add another accumulator's expressions to this one."""
+        if other.thresholds != self.thresholds:
+            raise ValueError("cannot merge metrics with different thresholds")
+        ious = self._ious + other._ious if len(self._ious) == self.count and len(other._ious) == other.count else []
+        self.load_state([a + b for a, b in zip(self.state(), other.state())])
+        self._ious = ious
+
+    def all_reduce(self, device: Any = None) -> None:
+        """Sum the state over all processes of the default torch.distributed group (no-op
+        when not distributed). Every process ends with the totals."""
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        if device is None:
+            device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+        t = torch.tensor(self.state(), dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        self.load_state(t.tolist())
+
+
+class ReferringMetrics(_SummedState):
     """Accumulates oIoU, mIoU and precision@t exactly as the official `test.py`.
 
     `update(pred, gt)` takes one expression's masks; `update_batch(preds, gts)` takes (E,H,W)
@@ -121,25 +157,6 @@ class ReferringMetrics:
         self.correct = [int(round(c)) for c in state[4:]]
         self._ious = []
 
-    def merge(self, other: ReferringMetrics) -> None:
-        """Add another accumulator's expressions to this one."""
-        if other.thresholds != self.thresholds:
-            raise ValueError("cannot merge metrics with different thresholds")
-        ious = self._ious + other._ious if len(self._ious) == self.count and len(other._ious) == other.count else []
-        self.load_state([a + b for a, b in zip(self.state(), other.state())])
-        self._ious = ious
-
-    def all_reduce(self, device: Any = None) -> None:
-        """Sum the state over all processes of the default torch.distributed group (no-op
-        when not distributed). Every process ends with the totals."""
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return
-        if device is None:
-            device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-        t = torch.tensor(self.state(), dtype=torch.float64, device=device)
-        dist.all_reduce(t)
-        self.load_state(t.tolist())
-
     # --- results ---------------------------------------------------------------------
     def compute(self) -> dict[str, float]:
         """`{"oIoU", "mIoU", "P@0.5", ...}` in percent (oIoU is 0 when every union is empty)."""
@@ -166,7 +183,7 @@ class ReferringMetrics:
 GENERALIZED_THRESHOLDS: tuple[float, ...] = (0.7, 0.8, 0.9)
 
 
-class GeneralizedReferringMetrics:
+class GeneralizedReferringMetrics(_SummedState):
     """The generalised referring metrics of GRES (gRefCOCO), scored as ReLA's evaluator does.
 
     An expression may name no object ("no target"); the model then says so besides giving a
@@ -255,24 +272,6 @@ class GeneralizedReferringMetrics:
         self.targeted, self.tp, self.tn, self.fp, self.fn = ints[4:9]
         self.correct = ints[9:]
         self._ious = []
-
-    def merge(self, other: GeneralizedReferringMetrics) -> None:
-        """Add another accumulator's expressions to this one."""
-        if other.thresholds != self.thresholds:
-            raise ValueError("cannot merge metrics with different thresholds")
-        ious = self._ious + other._ious if len(self._ious) == self.count and len(other._ious) == other.count else []
-        self.load_state([a + b for a, b in zip(self.state(), other.state())])
-        self._ious = ious
-
-    def all_reduce(self, device: Any = None) -> None:
-        """Sum the state over the default torch.distributed group (no-op when not distributed)."""
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return
-        if device is None:
-            device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-        t = torch.tensor(self.state(), dtype=torch.float64, device=device)
-        dist.all_reduce(t)
-        self.load_state(t.tolist())
 
     # --- results ---------------------------------------------------------------------
     def compute(self) -> dict[str, float]:
