@@ -115,6 +115,20 @@ def test_split_export_caches_text_features(root, exported):
     assert calls == []  # cached: only the vision graph ran
 
 
+def test_split_export_text_features_once_per_distinct_expression(root):
+    split = tiny_export(root, parts="split")
+    small = OnnxPredictor(split, cache_size=1)  # fewer places than distinct expressions in one request
+    rows = []
+    real = small.model.text_features
+    small.model.text_features = lambda ids, mask: rows.append(len(ids)) or real(ids, mask)
+    texts = ["the red square", "the left one", "the red square"]
+    predictions = small.predict(_scene(), texts)
+    assert [p.expression for p in predictions] == texts
+    assert rows == [2]  # the repeated expression is encoded once
+    assert len(small._features) == 1
+    np.testing.assert_array_equal(predictions[0].probability, predictions[2].probability)
+
+
 def test_int8_graph_beside_the_float32_one(root):
     folder = tiny_export(root, quantize="int8")
     cfg = json.loads((folder / "config.json").read_text())

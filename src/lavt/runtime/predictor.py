@@ -66,16 +66,21 @@ class OnnxPredictor:
     def _text_features(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Features of each row, computed once per distinct ids and kept (split exports)."""
         keys = [tuple(row) for row in ids.tolist()]
-        todo = sorted({i for i, k in enumerate(keys) if k not in self._features}, key=lambda i: keys[i])
+        first: dict[tuple[int, ...], int] = {}  # one row per distinct key not yet kept
+        for i, k in enumerate(keys):
+            if k not in self._features:
+                first.setdefault(k, i)
+        todo = sorted(first.values(), key=lambda i: keys[i])
         if todo:
             new = self.model.text_features(ids[todo], mask[todo])
             for j, i in enumerate(todo):
                 self._features[keys[i]] = new[j]
         for k in keys:
             self._features.move_to_end(k)
+        features = np.stack([self._features[k] for k in keys])  # before evicting: a request may hold more keys
         while len(self._features) > self.cache_size:
             self._features.popitem(last=False)
-        return np.stack([self._features[k] for k in keys])
+        return features
 
     def predict_logits(self, image: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """One normalised image (1,3,H,W), E expressions -> logits (E,2,H,W), float32."""
