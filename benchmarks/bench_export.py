@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     ours = lavt.load_official({"model": off.state_dict(), "bert_model": bert.state_dict()})
     ours.eval()
 
-    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack():
+    with tempfile.TemporaryDirectory() as tmp:
         root = args.out or Path(tmp)
         saved = ours.save_pretrained(root / "model")
         t0 = time.perf_counter()
