@@ -16,9 +16,7 @@ synthref's own generator and files are untouched.
 """
 from __future__ import annotations
 
-import json
 import math
-import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +26,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from lavt.data.synthref.aerial_scenes import CATEGORIES, AerialObject, render, sample_scene
+from lavt.data.synthref.writer import prepare_output, write_refer_files
 from lavt.errors import LAVTUserError
 
 DATASET = "synthrs"
@@ -170,16 +169,7 @@ def generate_aerial(out_root: str | Path, *, seed: int = 0, num_images: int = 10
     root = Path(out_root)
     data_dir, image_dir = root / DATASET, root / "images" / DATASET / "JPEGImages"
     refs_file = data_dir / "refs(unc).p"
-    if refs_file.exists() and not overwrite:
-        raise LAVTUserError(f"{refs_file} already exists; choose another --out or pass --overwrite")
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        image_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise LAVTUserError(f"cannot create output folders under {root}: {exc}") from exc
-    if overwrite:
-        for stale in image_dir.glob(f"{DATASET}_*.jpg"):
-            stale.unlink()
+    prepare_output(root, data_dir, image_dir, refs_file, overwrite=overwrite, stale=f"{DATASET}_*.jpg")
     n = int(num_images)
     n_val = n_test = max(1, round(0.1 * n)) if n >= 3 else 0
     plan = ["train"] * (n - n_val - n_test) + ["val"] * n_val + ["test"] * n_test
@@ -222,7 +212,6 @@ def generate_aerial(out_root: str | Path, *, seed: int = 0, num_images: int = 10
             summary.counts[split][2] += len(sentences)
     instances = {"images": images, "annotations": annotations,
                  "categories": [{"id": i, "name": c} for c, i in CATEGORIES.items()]}
-    (data_dir / "instances.json").write_text(json.dumps(instances, separators=(",", ":")))
-    refs_file.write_bytes(pickle.dumps(refs, protocol=2))
+    write_refer_files(data_dir / "instances.json", refs_file, instances, refs)
     summary.seconds = time.time() - t0
     return summary

@@ -59,6 +59,27 @@ class SynthSummary:
 
 
 # ---------------------------------------------------------------------- driver
+def prepare_output(root: Path, data_dir: Path, image_dir: Path, refs_file: Path, *, overwrite: bool, stale: str) -> None:
+    """Make the output folders of a generated dataset. Refuses when `refs_file` exists unless
+    `overwrite`, which then deletes the earlier images (glob `stale` under `image_dir`)."""
+    if refs_file.exists() and not overwrite:
+        raise LAVTUserError(f"{refs_file} already exists; choose another --out or pass --overwrite")
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        image_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LAVTUserError(f"cannot create output folders under {root}: {exc}") from exc
+    if overwrite:
+        for old in image_dir.glob(stale):
+            old.unlink()
+
+
+def write_refer_files(instances_file: Path, refs_file: Path, instances: dict[str, Any], refs: list[dict[str, Any]]) -> None:
+    """Write the refer-layout files: compact `instances.json` and the refs pickle (protocol 2)."""
+    instances_file.write_text(json.dumps(instances, separators=(",", ":")))
+    refs_file.write_bytes(pickle.dumps(refs, protocol=2))
+
+
 def _split_plan(num_images: int, fractions: Sequence[float], seed: int) -> list[str]:
     """Split of each image index: exact counts from the fractions, every split non-empty when possible."""
     if len(fractions) != 4 or any(f < 0 for f in fractions) or sum(fractions) <= 0:
@@ -129,16 +150,7 @@ def generate(
     image_dir = root / "images" / DATASET
     refs_file = data_dir / f"refs({SPLIT_BY}).p"
     instances_file = data_dir / "instances.json"
-    if refs_file.exists() and not overwrite:
-        raise LAVTUserError(f"{refs_file} already exists; choose another --out or pass --overwrite")
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        image_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise LAVTUserError(f"cannot create output folders under {root}: {exc}") from exc
-    if overwrite:
-        for stale in image_dir.glob(f"{DATASET}_*.*"):
-            stale.unlink()
+    prepare_output(root, data_dir, image_dir, refs_file, overwrite=overwrite, stale=f"{DATASET}_*.*")
 
     plan = _split_plan(int(num_images), split_fractions, int(seed))
     images, annotations, refs = [], [], []
@@ -221,8 +233,7 @@ def generate(
         "annotations": annotations,
         "categories": [{"id": i + 1, "name": s, "supercategory": "shape"} for i, s in enumerate(SHAPES)],
     }
-    instances_file.write_text(json.dumps(instances, separators=(",", ":")))
-    refs_file.write_bytes(pickle.dumps(refs, protocol=2))
+    write_refer_files(instances_file, refs_file, instances, refs)
 
     summary = SynthSummary(root=root, refs_file=refs_file, instances_file=instances_file, image_dir=image_dir)
     for split in SPLITS:
