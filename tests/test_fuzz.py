@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
@@ -116,6 +116,7 @@ def test_refer_reader_on_perturbed_records(refer_files: tuple[list, dict], data:
         try:
             refer = Refer(tmp, "refcoco")
         except LAVTUserError:
+            assert changed_refs or changed_instances, "the unchanged fixture must read"
             return
         assert len(refer.refs) == len(refs)
         assert sum(c[1] for c in refer.split_counts().values()) == sum(len(r["sentences"]) for r in refs)
@@ -126,6 +127,7 @@ def test_refer_reader_on_perturbed_records(refer_files: tuple[list, dict], data:
             try:
                 mask = refer.mask(ref_id)
             except LAVTUserError:
+                assert changed_refs or changed_instances, "the unchanged fixture's masks must decode"
                 continue
             image = refer.images[int(ref["image_id"])]
             assert mask.dtype == np.uint8 and mask.shape == (int(image["height"]), int(image["width"]))
@@ -239,7 +241,12 @@ def test_config_parser_on_random_overrides(items: list[str]) -> None:
     assert again.to_dict() == config.to_dict()
 
 
+MUST_LOAD = {"{}": ".json", "epochs: 2\nlr: 0.001\n": ".yaml"}  # the happy path is taken, not only the error one
+
+
 @fuzz(3)
+@example(text="{}", suffix=".json")
+@example(text="epochs: 2\nlr: 0.001\n", suffix=".yaml")
 @given(text=st.one_of(st.text(max_size=80), st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=8), values, max_size=4)
                       .map(json.dumps)), suffix=st.sampled_from([".yaml", ".json"]))
 def test_config_parser_on_random_files(text: str, suffix: str) -> None:
@@ -250,8 +257,11 @@ def test_config_parser_on_random_files(text: str, suffix: str) -> None:
             data = read_config_file(path)
             config = load_train_config(path, [], preset="debug", check_paths=False)
         except LAVTUserError:
+            assert MUST_LOAD.get(text) != suffix, (text, suffix)
             return
         assert isinstance(data, dict) and isinstance(config, TrainConfig)
+        again = TrainConfig.from_dict(config.to_dict(), source="round trip").validate(check_paths=False)
+        assert again.to_dict() == config.to_dict()
 
 
 # ---------------------------------------------------------------------- metrics
