@@ -38,9 +38,12 @@ class NoTargetTerm:
         self.weight = float(weight)
 
     def normalizer(self, micro: Sequence[dict[str, Any]], device: torch.device) -> torch.Tensor:
-        """(1,) float64: the summed class weights of every sample of these micro-batches."""
+        """(1,) float64: the summed class weights of every sample of these micro-batches.
+        Counted on the host, where the step's micro-batches still are: one copy to `device`,
+        no per-micro-batch round trip."""
         w_t, w_n = NO_TARGET_CLASS_WEIGHTS
-        total = sum(float(torch.where(_labels(b, device), w_n, w_t).sum()) for b in micro)
+        cpu = torch.device("cpu")
+        total = sum(float(torch.where(_labels(b, cpu), w_n, w_t).sum()) for b in micro)
         return torch.tensor([total], dtype=torch.float64, device=device)
 
     def __call__(self, logit: torch.Tensor | None, batch: dict[str, Any], norm: torch.Tensor | None) -> torch.Tensor:
