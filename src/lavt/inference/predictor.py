@@ -97,6 +97,16 @@ class Predictor:
         probs = [None] * len(flags) if prob is None else [float(p) for p in prob.tolist()]
         return list(zip((bool(f) for f in flags.tolist()), probs))
 
+    def logits_and_decisions(
+        self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, list[tuple[bool, float | None]] | None]:
+        """`predict_logits` (E,2,S,S) and `no_target_decisions`, asking the model for its
+        no-target head's logits only when it has one."""
+        head = self.model.config.no_target == "head"
+        out = self.predict_logits(image, input_ids, attention_mask, return_no_target=head)
+        logits, nt_logit = out if head else (out, None)
+        return logits, self.no_target_decisions(logits, nt_logit)
+
     @torch.inference_mode()
     def predict(self, image: ImageInput, expressions: str | Sequence[str]) -> list[Prediction]:
         """Segment every expression in one image (one batched forward). Masks at original size.
@@ -104,10 +114,7 @@ class Predictor:
         (`no_target`, `no_target_probability`); such a prediction's mask is empty."""
         texts, ids, mask = self.tokenize(expressions)
         tensor, (h, w) = self.preprocess(image)
-        head = self.model.config.no_target == "head"
-        out = self.predict_logits(tensor, ids, mask, return_no_target=head)
-        logits, nt_logit = out if head else (out, None)
-        decisions = self.no_target_decisions(logits, nt_logit)
+        logits, decisions = self.logits_and_decisions(tensor, ids, mask)
         logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=True)
         prob = torch.softmax(logits, dim=1)[:, 1]
         masks = logits.argmax(1).bool()

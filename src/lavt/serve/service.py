@@ -1,7 +1,7 @@
 """The model behind the page and the REST API: one `Predictor`, its limits and its queue.
 
 No web framework here. A request is: limits checked, image decoded, all expressions of the
-image in one batched forward (`Predictor.tokenize` / `preprocess` / `predict_logits`), then
+image in one batched forward (`Predictor.tokenize` / `preprocess` / `logits_and_decisions`), then
 each expression's logits brought to the original size one at a time. The masks equal
 `Predictor.predict`'s (same bilinear upsampling and argmax); doing it one expression at a time
 keeps a 40 MP image with 16 expressions to one full-size map in memory instead of sixteen.
@@ -149,10 +149,7 @@ class SegmentService:
         texts = list(expressions)
         ids, attention = (t.to(p.device) for t in p.tokenizer(texts))
         tensor, (h, w) = p.preprocess(image)
-        head = p.model.config.no_target == "head"
-        out = p.predict_logits(tensor, ids, attention, return_no_target=head)  # (E, 2, S, S) float32
-        logits, nt_logit = out if head else (out, None)
-        decisions = p.no_target_decisions(logits, nt_logit)
+        logits, decisions = p.logits_and_decisions(tensor, ids, attention)  # (E, 2, S, S) float32
         masks, scores = [], []
         for i in range(len(texts)):
             full = F.interpolate(logits[i : i + 1], size=(h, w), mode="bilinear", align_corners=True)
