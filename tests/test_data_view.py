@@ -48,7 +48,7 @@ def test_sheet_and_page_of_synthref(synth_root: Path, tmp_path: Path, capsys: py
     assert len(pictures) == 5 and all((page / p).is_file() for p in pictures)
 
 
-def test_mask_is_drawn_exactly_on_the_object(tmp_path: Path) -> None:
+def test_mask_is_drawn_exactly_on_the_object(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     src = tmp_path / "src"
     src.mkdir()
     Image.new("RGB", (40, 40), GREY).save(src / "grey.png")
@@ -66,9 +66,13 @@ def test_mask_is_drawn_exactly_on_the_object(tmp_path: Path) -> None:
     assert sample.expressions == ["the <box> & co"] and sample.split == "train"
 
     page = tmp_path / "page"
+    monkeypatch.chdir(tmp_path)  # a sheet written by default to a relative path would land here
     assert main(["data", "view", "--data-root", str(tmp_path / "data"), "--dataset", "grey", "--html", str(page)]) == 0
     assert "<li>the &lt;box&gt; &amp; co</li>" in (page / "index.html").read_text()
     assert not (tmp_path / "sheet.png").exists()
+    # --html alone writes the page and its pictures, and no sheet anywhere
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "page", "src"]
+    assert sorted(p.relative_to(page).as_posix() for p in page.rglob("*")) == ["index.html", "samples", "samples/ref_1.png"]
 
 
 def test_missing_image_is_a_marked_tile_and_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
