@@ -160,6 +160,13 @@ def test_bad_records_are_named(tmp_path: Path) -> None:
         GRefer(build(tmp_path / "c", refs=[{**base, "ref_id": 7, "ann_id": ["eleven"]}]), "grefcoco")
     with pytest.raises(LAVTUserError, match=r"has no grefs\(umd\).json or grefs\(umd\).p \(found: grefs\(unc\).json\)"):
         GRefer(tmp_path / "c", "grefcoco", "umd")
+    # the ref and sentence checks are Refer's own, with its messages
+    with pytest.raises(LAVTUserError, match=r"ref_id 7 appears twice"):
+        GRefer(build(tmp_path / "d", refs=[{**base, "ref_id": 7, "ann_id": [11]}] * 2), "grefcoco")
+    with pytest.raises(LAVTUserError, match=r"record 0 \(ref_id 7\) lacks split"):
+        GRefer(build(tmp_path / "e", refs=[{"ref_id": 7, "ann_id": [11], "image_id": 1, "sentences": []}]), "grefcoco")
+    with pytest.raises(LAVTUserError, match=r"ref_id 7, sent_id 1 has an empty expression \(' '\)"):
+        GRefer(build(tmp_path / "f", refs=[{**base, "ref_id": 7, "ann_id": [11], "sentences": [_sentence(1, " ")]}]), "grefcoco")
 
 
 def test_datasets_carry_the_no_target_label(root: Path, tokenizer: ExpressionTokenizer) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from lavt.data.refer import Refer, _load_json, _load_pickle, decode_segmentation
+from lavt.data.refer import Refer, _load_json, _load_pickle
 from lavt.data.rrsis import open_remote_sensing
 from lavt.errors import LAVTUserError
 
@@ -35,7 +35,6 @@ GREF_IMAGE_DIRS: dict[str, tuple[str, ...]] = {
     "synthgref": ("images/synthref",),
 }
 NO_TARGET_ANN = -1
-_REF_KEYS = ("ref_id", "ann_id", "image_id", "split", "sentences")
 
 
 def grefs_path(root: str | Path, dataset: str, split_by: str) -> Path | None:
@@ -115,15 +114,7 @@ class GRefer(Refer):
         self._targets: dict[int, list[int]] = {}
         self._no_target: set[int] = set()
         for i, ref in enumerate(refs):
-            self._reading = f"{where}: record {i}"
-            if not isinstance(ref, dict):
-                raise LAVTUserError(f"{where}: record {i} is a {type(ref).__name__}, not a dict")
-            missing = [k for k in _REF_KEYS if k not in ref]
-            if missing:
-                raise LAVTUserError(f"{where}: record {i} (ref_id {ref.get('ref_id')}) lacks {', '.join(missing)}")
-            ref_id, image_id = int(ref["ref_id"]), int(ref["image_id"])
-            if ref_id in self.refs:
-                raise LAVTUserError(f"{where}: ref_id {ref_id} appears twice")
+            ref_id, image_id = self._ref_record(where, i, ref), int(ref["image_id"])
             if image_id not in self.images:
                 raise LAVTUserError(f"{where}: ref_id {ref_id} points to image_id {image_id}, which is not in {self.instances_file}")
             ann_ids = [int(a) for a in (ref["ann_id"] if isinstance(ref["ann_id"], (list, tuple)) else [ref["ann_id"]])]
@@ -144,19 +135,6 @@ class GRefer(Refer):
             self._index_sentences(ref, ref_id, where)
             self.refs[ref_id] = ref
             self.image_refs.setdefault(image_id, []).append(ref_id)
-
-    def _index_sentences(self, ref: dict, ref_id: int, where: str) -> None:
-        if not isinstance(ref["sentences"], list) or not ref["sentences"]:
-            raise LAVTUserError(f"{where}: ref_id {ref_id} has no sentences (a non-empty list)")
-        for sentence in ref["sentences"]:
-            if not isinstance(sentence, dict) or "raw" not in sentence or "sent_id" not in sentence:
-                raise LAVTUserError(f"{where}: a sentence of ref_id {ref_id} is not a dict with 'raw' and 'sent_id'")
-            if not isinstance(sentence["raw"], str) or not sentence["raw"].strip():
-                raise LAVTUserError(
-                    f"{where}: ref_id {ref_id}, sent_id {sentence['sent_id']} has an empty expression; fix or drop that sentence"
-                )
-            self.sentences[int(sentence["sent_id"])] = sentence
-            self.sentence_ref[int(sentence["sent_id"])] = ref_id
 
     # ------------------------------------------------------------------ queries
     def no_target(self, ref_id: int) -> bool:
@@ -179,14 +157,7 @@ class GRefer(Refer):
         height, width = int(image["height"]), int(image["width"])
         out = np.zeros((height, width), dtype=np.uint8)
         for ann_id in self.target_ann_ids(ref_id):
-            try:
-                out |= decode_segmentation(self.anns[ann_id]["segmentation"], height, width, mode)
-            except LAVTUserError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any decode failure is a bad record
-                raise LAVTUserError(
-                    f"{self.instances_file}: annotation {ann_id} (ref_id {ref_id}) has an unusable segmentation: {exc}"
-                ) from exc
+            out |= self._decode(self.anns[ann_id], height, width, mode, ref_id)
         return out
 
     def generalized_counts(self) -> dict[str, dict[str, int]]:

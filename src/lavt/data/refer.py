@@ -243,15 +243,7 @@ class Refer:
         self.image_refs: dict[int, list[int]] = {}
         where = f"refs file {self.refs_file}"
         for i, ref in enumerate(refs):
-            self._reading = f"{where}: record {i}"
-            if not isinstance(ref, dict):
-                raise LAVTUserError(f"{where}: record {i} is a {type(ref).__name__}, not a dict")
-            missing = [k for k in _REF_KEYS if k not in ref]
-            if missing:
-                raise LAVTUserError(f"{where}: record {i} (ref_id {ref.get('ref_id')}) lacks {', '.join(missing)}")
-            ref_id = int(ref["ref_id"])
-            if ref_id in self.refs:
-                raise LAVTUserError(f"{where}: ref_id {ref_id} appears twice")
+            ref_id = self._ref_record(where, i, ref)
             if int(ref["ann_id"]) not in self.anns:
                 raise LAVTUserError(
                     f"{where}: ref_id {ref_id} points to ann_id {ref['ann_id']}, which is not in "
@@ -262,24 +254,43 @@ class Refer:
                     f"{where}: ref_id {ref_id} points to image_id {ref['image_id']}, which is not in "
                     f"{self.instances_file}; the two files do not belong together"
                 )
-            if not isinstance(ref["sentences"], list) or not ref["sentences"]:
-                raise LAVTUserError(f"{where}: ref_id {ref_id} has no sentences (a non-empty list)")
-            for sentence in ref["sentences"]:
-                if not isinstance(sentence, dict):
-                    raise LAVTUserError(f"{where}: a sentence of ref_id {ref_id} is a {type(sentence).__name__}, not a dict")
-                missing = [k for k in _SENTENCE_KEYS if k not in sentence]
-                if missing:
-                    raise LAVTUserError(f"{where}: a sentence of ref_id {ref_id} lacks {', '.join(missing)}")
-                raw = sentence["raw"]
-                if not isinstance(raw, str) or not raw.strip():
-                    raise LAVTUserError(
-                        f"{where}: ref_id {ref_id}, sent_id {sentence['sent_id']} has an empty expression "
-                        f"({raw!r}); fix or drop that sentence"
-                    )
-                self.sentences[int(sentence["sent_id"])] = sentence
-                self.sentence_ref[int(sentence["sent_id"])] = ref_id
+            self._index_sentences(ref, ref_id, where)
             self.refs[ref_id] = ref
             self.image_refs.setdefault(int(ref["image_id"]), []).append(ref_id)
+
+    def _ref_record(self, where: str, i: int, ref: Any) -> int:
+        """Check record `i` of the refs file (a dict with every ref key and a new ref_id);
+        returns its ref_id."""
+        self._reading = f"{where}: record {i}"
+        if not isinstance(ref, dict):
+            raise LAVTUserError(f"{where}: record {i} is a {type(ref).__name__}, not a dict")
+        missing = [k for k in _REF_KEYS if k not in ref]
+        if missing:
+            raise LAVTUserError(f"{where}: record {i} (ref_id {ref.get('ref_id')}) lacks {', '.join(missing)}")
+        ref_id = int(ref["ref_id"])
+        if ref_id in self.refs:
+            raise LAVTUserError(f"{where}: ref_id {ref_id} appears twice")
+        return ref_id
+
+    def _index_sentences(self, ref: dict, ref_id: int, where: str) -> None:
+        """Check the sentences of `ref` (a non-empty list of dicts with a non-blank 'raw' and
+        a 'sent_id') and index them."""
+        if not isinstance(ref["sentences"], list) or not ref["sentences"]:
+            raise LAVTUserError(f"{where}: ref_id {ref_id} has no sentences (a non-empty list)")
+        for sentence in ref["sentences"]:
+            if not isinstance(sentence, dict):
+                raise LAVTUserError(f"{where}: a sentence of ref_id {ref_id} is a {type(sentence).__name__}, not a dict")
+            missing = [k for k in _SENTENCE_KEYS if k not in sentence]
+            if missing:
+                raise LAVTUserError(f"{where}: a sentence of ref_id {ref_id} lacks {', '.join(missing)}")
+            raw = sentence["raw"]
+            if not isinstance(raw, str) or not raw.strip():
+                raise LAVTUserError(
+                    f"{where}: ref_id {ref_id}, sent_id {sentence['sent_id']} has an empty expression "
+                    f"({raw!r}); fix or drop that sentence"
+                )
+            self.sentences[int(sentence["sent_id"])] = sentence
+            self.sentence_ref[int(sentence["sent_id"])] = ref_id
 
     # ------------------------------------------------------------------ queries
     def split_names(self) -> list[str]:
@@ -370,8 +381,12 @@ class Refer:
         ref = self.refs[int(ref_id)]
         ann = self.anns[int(ref["ann_id"])]
         image = self.images[int(ref["image_id"])]
+        return self._decode(ann, int(image["height"]), int(image["width"]), mode, ref_id)
+
+    def _decode(self, ann: dict, height: int, width: int, mode: str, ref_id: int) -> np.ndarray:
+        """`decode_segmentation` of `ann`, any failure reported as a bad record of `ref_id`."""
         try:
-            return decode_segmentation(ann["segmentation"], int(image["height"]), int(image["width"]), mode)
+            return decode_segmentation(ann["segmentation"], height, width, mode)
         except LAVTUserError:
             raise
         except Exception as exc:  # noqa: BLE001 - any decode failure is a bad record

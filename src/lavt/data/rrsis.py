@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from lavt.data.refer import Refer, decode_segmentation
+from lavt.data.refer import Refer
 from lavt.errors import LAVTUserError
 
 # Datasets in the RRSIS-D layout -> their image folder under the data root.
@@ -147,14 +147,7 @@ class RRSISDRefer(Refer):
         ref = self.refs[int(ref_id)]
         ann = self.anns[int(ref["ann_id"])]
         drawn = self._drawn_size(ref_id)
-        try:
-            decoded = decode_segmentation(ann["segmentation"], drawn[0], drawn[1], mode)
-        except LAVTUserError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any decode failure is a bad record
-            raise LAVTUserError(
-                f"{self.instances_file}: annotation {ann['id']} (ref_id {ref_id}) has an unusable segmentation: {exc}"
-            ) from exc
+        decoded = self._decode(ann, drawn[0], drawn[1], mode, ref_id)
         height, width = self.file_size(int(ref["image_id"]))
         return decoded if decoded.shape == (height, width) else fit_mask(decoded, height, width)
 
