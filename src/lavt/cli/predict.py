@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lavt.runtime.prediction import Prediction
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,12 +48,12 @@ def read_expressions_file(path: Path) -> list[str]:
     return [line for line in lines if line]
 
 
-def result_line(k: int, r: object, total: int, mask_path: Path, over_path: Path) -> str:
+def result_line(k: int, r: Prediction, total: int, mask_path: Path, over_path: Path) -> str:
     """The line printed for one expression: its area, or "no such object" when the model says
     that the expression names nothing in the image (its mask is then empty)."""
     where = f"-> {mask_path}, {over_path}"
-    if getattr(r, "no_target", None):
-        p = getattr(r, "no_target_probability", None)
+    if r.no_target:
+        p = r.no_target_probability
         return f"[{k}] {r.expression!r}: no such object (no target" + (f", probability {p:.2f}" if p is not None else "") + f") {where}"
     return f"[{k}] {r.expression!r}: {r.area} px ({100.0 * r.area / total:.1f}% of the image) {where}"
 
