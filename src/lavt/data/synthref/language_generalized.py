@@ -30,13 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
-from lavt.data.refer import _load_pickle
+from lavt.data.refer import _load_json, _load_pickle
 from lavt.data.synthref.language import COLOUR_WORDS, GENERIC_NOUNS, SIZE_WORDS, Filter, _noun_phrase, _pick, refer_sentence
 from lavt.data.synthref.scenes import GROUP_A, GROUP_B, SHAPES
+from lavt.data.synthref.writer import DATASET as SOURCE
+from lavt.data.synthref.writer import SPLITS
 from lavt.errors import LAVTUserError
 
 GDATASET = "synthgref"
-SOURCE = "synthref"
 NO_TARGET_SHARE = 0.20  # of all expressions
 MULTI_TARGET_SHARE = 0.25
 _MARGIN = 0.08  # an object "on the left" is at least this share of the width left of the middle
@@ -178,7 +179,7 @@ def generate_generalized(out_root: str | Path, seed: int = 0, sentences_per_ref:
     if not refs_file.is_file() or not instances_file.is_file():
         raise LAVTUserError(f"{root / SOURCE} holds no synthref dataset; generate it first (`lavt data synth --out {root}`)")
     refs = _load_pickle(refs_file)
-    instances = json.loads(instances_file.read_text())
+    instances = _load_json(instances_file)
     anns_of: dict[int, list[dict]] = {}
     for ann in instances["annotations"]:
         anns_of.setdefault(int(ann["image_id"]), []).append(ann)
@@ -239,7 +240,7 @@ def generate_generalized(out_root: str | Path, seed: int = 0, sentences_per_ref:
     out_file = out_dir / "grefs(unc).json"
     out_file.write_text(json.dumps(grefs, separators=(",", ":")))
     summary = GeneralizedSummary(out_file)
-    for split in ("train", "val", "testA", "testB"):
+    for split in SPLITS:
         kinds = [("none" if g["no_target"] else "multi" if len(g["ann_id"]) > 1 else "single", len(g["sentences"]))
                  for g in grefs if g["split"] == split]
         summary.expressions[split] = {k: sum(n for kind, n in kinds if kind == k) for k in ("single", "multi", "none")}
