@@ -343,3 +343,35 @@ def tiny_model_folder(folder: Path, seed: int = 0, **overrides: Any) -> Path:
     tokenizer = ExpressionTokenizer.from_pretrained(default_text_encoder_dir(), max_tokens=model.config.max_tokens)
     model.save_pretrained(folder, tokenizer=tokenizer)
     return folder
+
+
+# ---------------------------------------------------------------------- torchrun
+def run_torchrun(worker: Path, args: Path, timeout: int = 300) -> str:
+    """`torchrun --nproc_per_node 2 WORKER ARGS` with gloo on a free local port, one thread per
+    process and no inherited rank variables; fails the test (workers killed) on a timeout or a
+    non-zero exit, showing how far the workers got. Returns their stdout."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    import pytest
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
+           "--master_addr", "127.0.0.1", "--master_port", str(port), str(worker), str(args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"torchrun did not finish in {timeout} s; workers got to:\n{stdout}\n{stderr[-4000:]}")
+    assert proc.returncode == 0, f"workers got to:\n{stdout}\n{stderr[-4000:]}"
+    return stdout

@@ -4,17 +4,12 @@ does, a non-finite loss stops with the step named, and evaluation reports both p
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import make_synth, make_tiny_text_encoder, tiny_train_config
+from helpers import make_synth, make_tiny_text_encoder, run_torchrun, tiny_train_config
 from lavt.engine import checkpoint as ckpt_io
 from lavt.engine.train import TrainingDiverged, train
 
@@ -134,12 +129,6 @@ def test_divergence_in_the_cli_is_one_error_line(env: dict[str, Path], monkeypat
     assert "No checkpoint had been written yet" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_equal_one(env: dict[str, Path]) -> None:
     """Total batch 4: one process (4 per forward) vs torchrun with 2 gloo processes (2 each)
     take the same optimiser step; then the same evaluation in one process and sharded over two.
@@ -162,20 +151,7 @@ def test_two_processes_equal_one(env: dict[str, Path]) -> None:
     eval_json = env["base"] / "eval_two.json"
     args.write_text(json.dumps({"data_root": str(env["data"]), "text_dir": str(env["text"]), "out": str(two),
                                 "eval_model": str(one / "model_last"), "eval_json": str(eval_json)}))
-    worker = Path(__file__).resolve().parent / "engine_ddp_worker.py"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(worker), str(args)]
-    proc_env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        proc_env.pop(key, None)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=proc_env, start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"torchrun did not finish in 300 s; workers got to:\n{stdout}\n{stderr[-4000:]}")
-    assert proc.returncode == 0, f"workers got to:\n{stdout}\n{stderr[-4000:]}"
+    run_torchrun(Path(__file__).resolve().parent / "engine_ddp_worker.py", args)
 
     c1, c2 = ckpt_io.load_checkpoint(one / "checkpoint.pt"), ckpt_io.load_checkpoint(two / "checkpoint.pt")
     assert (c1["world_size"], c2["world_size"]) == (1, 2)
