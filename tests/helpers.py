@@ -375,3 +375,19 @@ def run_torchrun(worker: Path, args: Path, timeout: int = 300) -> str:
         pytest.fail(f"torchrun did not finish in {timeout} s; workers got to:\n{stdout}\n{stderr[-4000:]}")
     assert proc.returncode == 0, f"workers got to:\n{stdout}\n{stderr[-4000:]}"
     return stdout
+
+
+def poison_loss(monkeypatch: Any, factor: float, at_call: int) -> None:
+    """Make the `at_call`-th SegmentationLoss forward (1-based) return its loss times `factor`
+    (inf or nan: a diverging step); the other calls are unchanged."""
+    from lavt.engine.losses import SegmentationLoss
+
+    calls = {"n": 0}
+    forward = SegmentationLoss.forward
+
+    def poisoned(self, logits, target, normalizers=None):  # noqa: ANN001
+        calls["n"] += 1
+        loss = forward(self, logits, target, normalizers)
+        return loss * factor if calls["n"] == at_call else loss
+
+    monkeypatch.setattr(SegmentationLoss, "forward", poisoned)

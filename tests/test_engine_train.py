@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import make_synth, make_tiny_text_encoder, run_torchrun, tiny_train_config
+from helpers import make_synth, make_tiny_text_encoder, poison_loss, run_torchrun, tiny_train_config
 from lavt.engine import checkpoint as ckpt_io
 from lavt.engine.train import TrainingDiverged, train
 
@@ -94,17 +94,7 @@ def test_interrupt_and_resume_equals_uninterrupted(env: dict[str, Path]) -> None
 
 
 def test_non_finite_loss_stops_naming_the_step(env: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    from lavt.engine.losses import SegmentationLoss
-
-    calls = {"n": 0}
-    forward = SegmentationLoss.forward
-
-    def poisoned(self, logits, target, normalizers=None):  # noqa: ANN001
-        calls["n"] += 1
-        loss = forward(self, logits, target, normalizers)
-        return loss * float("nan") if calls["n"] == 4 else loss
-
-    monkeypatch.setattr(SegmentationLoss, "forward", poisoned)
+    poison_loss(monkeypatch, float("nan"), at_call=4)
     out = env["base"] / "nan"
     with pytest.raises(
         TrainingDiverged, match=r"epoch 2, step 1 of the epoch \(optimiser step 4\).*last good checkpoint is .*checkpoint\.pt"
