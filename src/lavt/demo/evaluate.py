@@ -4,6 +4,7 @@ the frozen encoder from `TextCache` and the engine's scoring of an image group."
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,31 @@ OVERLAYS = 12  # scenes drawn
 PER_SCENE = 3  # expressions drawn per scene
 
 
+def scored_groups(
+    model: Any,
+    texts: TextCache,
+    scenes: SceneSet,
+    empty_text: bool,
+    precision: str,
+    return_preds: bool,
+    no_target: tuple[str, float] | None = None,
+) -> Iterator[tuple[int, list[tuple[int, str, str]], list[tuple[int, int]], list[np.ndarray], list | None]]:
+    """Per image of `scenes`, one forward with all its expressions (official protocol):
+    (image index, its (ref, expression, kind) items, their square (I, U), the predictions when
+    `return_preds`, and the no-target decisions under the rule `no_target` (None: none))."""
+    device = next(model.parameters()).device
+    for i, refs in scenes.refs_by_image().items():
+        items = [(r, text, kind) for r in refs for text, kind in scenes.expressions[r]]
+        feats, mask = texts(["" if empty_text else t for _, t, _ in items])
+        group = {"image": scenes.images[i], "masks": scenes.masks[[r for r, _, _ in items]], "text_features": feats, "text_mask": mask}
+        decisions: list | None = None if no_target is None else []
+        rule = {} if no_target is None else {"decisions": decisions, "no_target": no_target}
+        square, _, preds = score_image_group(
+            model, group, device, max_batch=None, precision=precision, return_preds=return_preds, original=False, **rule
+        )
+        yield i, items, square, preds, decisions
+
+
 @torch.no_grad()
 def evaluate_scenes(
     model: Any,
@@ -35,17 +61,10 @@ def evaluate_scenes(
     by "" (how much language matters); `keep_predictions` adds each prediction (bool mask at
     the model's input size) with its IoU."""
     model.eval()
-    device = next(model.parameters()).device
     overall = ReferringMetrics()
     per_kind: dict[str, ReferringMetrics] = {}
     predictions = []
-    for i, refs in scenes.refs_by_image().items():
-        items = [(r, text, kind) for r in refs for text, kind in scenes.expressions[r]]
-        feats, mask = texts(["" if empty_text else t for _, t, _ in items])
-        group = {"image": scenes.images[i], "masks": scenes.masks[[r for r, _, _ in items]], "text_features": feats, "text_mask": mask}
-        square, _, preds = score_image_group(
-            model, group, device, max_batch=None, precision=precision, return_preds=keep_predictions, original=False
-        )
+    for i, items, square, preds, _ in scored_groups(model, texts, scenes, empty_text, precision, keep_predictions):
         for k, ((r, text, kind), (inter, union)) in enumerate(zip(items, square)):
             iou = overall.add(inter, union)
             per_kind.setdefault(kind or "all", ReferringMetrics()).add(inter, union)

@@ -15,9 +15,8 @@ import torch
 from PIL import Image
 
 from lavt.data.synthref.language_generalized import GDATASET
-from lavt.demo.evaluate import OVERLAYS, PER_SCENE
+from lavt.demo.evaluate import OVERLAYS, PER_SCENE, scored_groups
 from lavt.demo.scenes import SceneSet, TextCache, generate_generalized_scenes, load_scenes
-from lavt.engine.evaluate import score_image_group
 from lavt.engine.report import GENERALIZED_KEYS, metrics_table
 from lavt.loading import default_tokenizer, load_model
 from lavt.metrics import GeneralizedReferringMetrics, ReferringMetrics
@@ -40,20 +39,11 @@ def evaluate_generalized_scenes(
     expressions (their masks as predicted, the decision ignored). `empty_text` replaces every
     expression by ""; `keep_predictions` adds each prediction with its decision."""
     model.eval()
-    device = next(model.parameters()).device
     rule = (model.config.no_target, model.config.no_target_threshold)
     overall, classic = GeneralizedReferringMetrics(), ReferringMetrics()
     per_kind: dict[str, GeneralizedReferringMetrics] = {}
     predictions = []
-    for i, refs in scenes.refs_by_image().items():
-        items = [(r, text, kind) for r in refs for text, kind in scenes.expressions[r]]
-        feats, mask = texts(["" if empty_text else t for _, t, _ in items])
-        group = {"image": scenes.images[i], "masks": scenes.masks[[r for r, _, _ in items]], "text_features": feats, "text_mask": mask}
-        decisions: list = []
-        square, _, preds = score_image_group(
-            model, group, device, max_batch=None, precision=precision, return_preds=True, original=False,
-            decisions=decisions, no_target=rule,
-        )
+    for i, items, square, preds, decisions in scored_groups(model, texts, scenes, empty_text, precision, keep_predictions, rule):
         for k, ((r, text, kind), (inter, union), decision) in enumerate(zip(items, square, decisions)):
             gt_none, pred_none = bool(scenes.no_target[r]), bool(decision[0])
             # I and U of the mask as predicted, scored as `lavt evaluate` does (the metric applies the decision)
