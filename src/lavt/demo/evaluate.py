@@ -4,7 +4,7 @@ the frozen encoder from `TextCache` and the engine's scoring of an image group."
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,24 +77,36 @@ def evaluate_scenes(
     return out
 
 
-def draw_overlays(scenes: SceneSet, predictions: list[dict[str, Any]], folder: Path, count: int = OVERLAYS) -> list[Path]:
-    """Side-by-side pictures of the first `count` scenes: the scene, then up to PER_SCENE
-    predictions, each in its colour, with a legend of the expressions and their IoU."""
+def _iou_line(p: dict[str, Any]) -> str:
+    return f"\"{p['expression']}\"  (IoU {100 * p['iou']:.0f})"
+
+
+def draw_overlays(
+    scenes: SceneSet,
+    predictions: list[dict[str, Any]],
+    folder: Path,
+    count: int = OVERLAYS,
+    pick: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] = lambda found: found[:PER_SCENE],
+    line: Callable[[dict[str, Any]], str] = _iou_line,
+) -> list[tuple[Path, list[str]]]:
+    """Side-by-side pictures of the first `count` scenes: the scene, then the predictions `pick`
+    chooses (default: the first PER_SCENE), each in its colour, with a legend of one `line`
+    per prediction (default: the expression and its IoU). Returns each picture with its legend."""
     by_image: dict[int, list[dict[str, Any]]] = {}
     for p in predictions:
         by_image.setdefault(p["image"], []).append(p)
     written = []
     for i in list(by_image)[:count]:
-        picks = by_image[i][:PER_SCENE]
+        picks = pick(by_image[i])
         scene = Image.open(scenes.image_files[i]).convert("RGB")
         colors = [colour(k) for k in range(len(picks))]
         panels = [scene]
         for p, c in zip(picks, colors):
             mask = np.asarray(Image.fromarray(p["pred"].astype(np.uint8) * 255).resize(scene.size, Image.NEAREST)) > 0
             panels.append(overlay(scene, mask, c))
-        lines = [f"\"{p['expression']}\"  (IoU {100 * p['iou']:.0f})" for p in picks]
+        lines = [line(p) for p in picks]
         picture = caption(side_by_side(panels), lines, colors=colors, background=(255, 255, 255), foreground=(0, 0, 0))
-        written.append(save_png(picture, folder / f"scene_{i:03d}.png"))
+        written.append((save_png(picture, folder / f"scene_{i:03d}.png"), lines))
     return written
 
 
@@ -117,5 +129,5 @@ def evaluate_demo(model_dir: Path, out: Path, seed: int, images: int, precision:
         "empty_expression": no_text,
         "protocol": f"official: masks at {model.config.image_size}x{model.config.image_size}, every expression",
         "eval_seconds": round(seconds, 2),
-        "overlays": [str(p) for p in overlays],
+        "overlays": [str(p) for p, _ in overlays],
     }

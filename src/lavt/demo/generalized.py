@@ -10,17 +10,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 
 from lavt.data.synthref.language_generalized import GDATASET
-from lavt.demo.evaluate import OVERLAYS, PER_SCENE, scored_groups
+from lavt.demo.evaluate import OVERLAYS, PER_SCENE, draw_overlays, scored_groups
 from lavt.demo.scenes import SceneSet, TextCache, generate_generalized_scenes, load_scenes
 from lavt.engine.report import GENERALIZED_KEYS, metrics_table
 from lavt.loading import default_tokenizer, load_model
 from lavt.metrics import GeneralizedReferringMetrics, ReferringMetrics
-from lavt.visualize import caption, colour, overlay, save_png, side_by_side
 
 NO_SUCH_OBJECT = "no such object"
 
@@ -72,33 +69,23 @@ def _picks(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return (firsts + rest)[:PER_SCENE]
 
 
+def _legend_line(p: dict[str, Any]) -> str:
+    """A prediction decided to name nothing shows the bare scene and is marked "no such
+    object", with what is true."""
+    truth = "none there" if p["gt_no_target"] else ("several there" if p["kind"] == "multi" else "one there")
+    if p["no_target"]:
+        verdict = "right" if p["gt_no_target"] else "wrong"
+        return f"\"{p['expression']}\"  -> {NO_SUCH_OBJECT} ({verdict}: {truth})"
+    return f"\"{p['expression']}\"  (IoU {100 * p['iou']:.0f}; {truth})"
+
+
 def draw_generalized_overlays(
     scenes: SceneSet, predictions: list[dict[str, Any]], folder: Path, count: int = OVERLAYS
 ) -> list[tuple[Path, list[str]]]:
     """Side-by-side pictures of the first `count` scenes: the scene, then up to PER_SCENE
     predictions; an expression decided to name nothing shows the bare scene and is marked
     "no such object" in the legend, with what is true. Returns each picture with its legend."""
-    by_image: dict[int, list[dict[str, Any]]] = {}
-    for p in predictions:
-        by_image.setdefault(p["image"], []).append(p)
-    written = []
-    for i in list(by_image)[:count]:
-        picks = _picks(by_image[i])
-        scene = Image.open(scenes.image_files[i]).convert("RGB")
-        colors = [colour(k) for k in range(len(picks))]
-        panels, lines = [scene], []
-        for p, c in zip(picks, colors):
-            mask = np.asarray(Image.fromarray(p["pred"].astype(np.uint8) * 255).resize(scene.size, Image.NEAREST)) > 0
-            panels.append(overlay(scene, mask, c))
-            truth = "none there" if p["gt_no_target"] else ("several there" if p["kind"] == "multi" else "one there")
-            if p["no_target"]:
-                verdict = "right" if p["gt_no_target"] else "wrong"
-                lines.append(f"\"{p['expression']}\"  -> {NO_SUCH_OBJECT} ({verdict}: {truth})")
-            else:
-                lines.append(f"\"{p['expression']}\"  (IoU {100 * p['iou']:.0f}; {truth})")
-        picture = caption(side_by_side(panels), lines, colors=colors, background=(255, 255, 255), foreground=(0, 0, 0))
-        written.append((save_png(picture, folder / f"scene_{i:03d}.png"), lines))
-    return written
+    return draw_overlays(scenes, predictions, folder, count, pick=_picks, line=_legend_line)
 
 
 def evaluate_generalized_demo(model_dir: Path, out: Path, seed: int, images: int, precision: str = "auto") -> dict[str, Any]:
