@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import TINY_MODEL, make_synth, make_tiny_text_encoder, tiny_train_config
+from helpers import TINY_MODEL, make_synth, make_tiny_text_encoder, poison_loss, tiny_train_config
 from lavt.cli import main
 from lavt.engine import checkpoint as ckpt_io
 from lavt.engine.train import train
@@ -294,17 +294,7 @@ def test_full_disk_keeps_the_previous_checkpoint(env: dict[str, Path], monkeypat
 
 def test_non_finite_loss_names_the_step_and_keeps_the_checkpoint(env: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
                                                                  capsys: pytest.CaptureFixture) -> None:
-    from lavt.engine.losses import SegmentationLoss
-
-    calls = {"n": 0}
-    forward = SegmentationLoss.forward
-
-    def poisoned(self, logits, target, normalizers=None):  # noqa: ANN001
-        calls["n"] += 1
-        loss = forward(self, logits, target, normalizers)
-        return loss * float("inf") if calls["n"] == 4 else loss
-
-    monkeypatch.setattr(SegmentationLoss, "forward", poisoned)
+    poison_loss(monkeypatch, float("inf"), at_call=4)
     config, out = _config_file(env, "diverged", epochs=2, steps_per_epoch=3, val_split=None, micro_batch_size=None)
     assert main(["train", "--config", str(config)]) == 2
     err = _one_line(capsys.readouterr().err, "error: the loss became non-finite at epoch 2, step 1 of the epoch (optimiser step 4)")

@@ -4,18 +4,13 @@ classic ones over the targeted expressions, and the area threshold is picked on 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from helpers import TINY_MODEL, make_tiny_text_encoder, tiny_train_config
+from helpers import TINY_MODEL, make_tiny_text_encoder, run_torchrun, tiny_train_config
 from lavt.cli import main
 from lavt.data.synthref import generate
 from lavt.data.synthref.language_generalized import generate_generalized
@@ -100,12 +95,6 @@ def test_area_threshold_is_picked_on_the_split(runs: dict[str, Path]) -> None:
         evaluate(EvalConfig(**cfg, no_target="head"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_train_and_score_as_one(runs: dict[str, Path]) -> None:
     """torchrun with 2 gloo processes: the head run takes the same steps as in one process (same
     losses, same head), and the sharded evaluation and threshold picking give the same numbers."""
@@ -116,19 +105,7 @@ def test_two_processes_train_and_score_as_one(runs: dict[str, Path]) -> None:
         "out": str(base / "ddp"), "eval_json": str(base / "ddp_eval.json"), "pick_json": str(base / "ddp_pick.json"),
     }))
     worker = Path(__file__).resolve().parent / "engine_generalized_ddp_worker.py"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(worker), str(args)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"torchrun did not finish in 300 s:\n{stdout}\n{stderr[-4000:]}")
-    assert proc.returncode == 0, f"workers got to:\n{stdout}\n{stderr[-4000:]}"
+    run_torchrun(worker, args)
 
     def losses(run: Path) -> list[float]:
         return [r["loss"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if r["event"] == "train"]
