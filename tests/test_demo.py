@@ -78,7 +78,6 @@ def test_kind_weights_shift_the_expression_draw():
     assert [ExpressionSampler(refs, {})(0, a) for _ in range(20)] == [refs[0][b.integers(3)][0] for _ in range(20)]
 
 
-@pytest.mark.skipif(not (SHIPPED_MODEL / "config.json").is_file(), reason="no shipped demo model in this checkout")
 def test_shipped_model_reaches_its_goal_on_fresh_scenes(tmp_path):
     size = sum(p.stat().st_size for p in SHIPPED_MODEL.iterdir())
     assert size <= 10 * 2**20
@@ -94,7 +93,6 @@ def test_shipped_model_reaches_its_goal_on_fresh_scenes(tmp_path):
     assert (tmp_path / "demo" / "model" / "config.json").is_file()
 
 
-@pytest.mark.skipif(not (SHIPPED_MODEL / "config.json").is_file(), reason="no shipped demo model in this checkout")
 def test_train_continues_from_a_demo_model(tmp_path, capsys):
     # 20 steps from scratch segment nothing useful; 20 steps continuing from the shipped
     # model keep what it learned (it scores ~85 oIoU on fresh scenes)
@@ -110,7 +108,6 @@ def test_train_continues_from_a_demo_model(tmp_path, capsys):
     assert results["with_expression"]["metrics"]["oIoU"] >= 40.0, results["with_expression"]
 
 
-@pytest.mark.skipif(not (SHIPPED_MODEL / "config.json").is_file(), reason="no shipped demo model in this checkout")
 def test_train_init_with_another_architecture_is_refused(tmp_path, capsys):
     args = ["demo", "--train", "--quick", "--init", str(SHIPPED_MODEL), "--embed-dim", "16", "--out", str(tmp_path / "x")]
     assert main(args) == 2
@@ -140,7 +137,6 @@ def test_resampled_stem_sees_the_rescaled_image():
         resample_patch_embed(w4, 3)
 
 
-@pytest.mark.skipif(not (SHIPPED_MODEL / "config.json").is_file(), reason="no shipped demo model in this checkout")
 def test_init_with_another_patch_size_resamples_the_stem_and_positions():
     shipped = load_model(SHIPPED_MODEL).model
     source = shipped.state_dict()
@@ -201,7 +197,6 @@ def test_text_cache_encodes_only_the_words():
                                    model(image, text_features=full, text_mask=full_mask), atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.skipif(not (SHIPPED_MODEL / "config.json").is_file(), reason="no shipped demo model in this checkout")
 def test_init_with_added_blocks_computes_what_the_source_did():
     source = load_model(SHIPPED_MODEL).model.float().eval()
     depths = list(source.config.depths)
