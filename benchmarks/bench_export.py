@@ -35,15 +35,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_model import (  # noqa: E402  (the shared set-up of the model benchmark)
     bf16,
-    build_bert,
-    build_official,
-    import_official,
     machine,
     make_config,
     make_inputs,
     med,
+    official_and_ours,
     official_forward,
-    randomize_,
     time_alternating,
 )
 
@@ -87,15 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     res["machine"]["onnxruntime"] = onnxruntime.__version__
     log(f"# {res['machine']['cpu']}, {args.threads} threads, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}")
 
-    import lavt
-
     cfg = make_config(args)
-    mods = import_official(args.official)
-    off = build_official(mods, cfg).eval()
-    bert = build_bert(cfg.text_encoder).eval()
-    randomize_(off, args.seed)
-    randomize_(bert, args.seed)
-    ours = lavt.load_official({"model": off.state_dict(), "bert_model": bert.state_dict()})
+    off, bert, ours = official_and_ours(args, cfg)
     ours.eval()
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -427,6 +427,18 @@ def run_train_child(args: argparse.Namespace, side: str, precision: str) -> dict
 
 
 # ---------------------------------------------------------------------------- main
+def official_and_ours(args: argparse.Namespace, cfg: Any) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """The official LAVT and BERT with the same random weights, and ours loaded from them."""
+    import lavt
+
+    mods = import_official(args.official)
+    off = build_official(mods, cfg).eval()
+    bert = build_bert(cfg.text_encoder).eval()
+    randomize_(off, args.seed)
+    randomize_(bert, args.seed)
+    return off, bert, lavt.load_official({"model": off.state_dict(), "bert_model": bert.state_dict()})
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--official", type=Path, default=None, help="checkout of yz93/LAVT-RIS (omit: ours only)")
@@ -524,14 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = make_config(args)
     torch.manual_seed(args.seed)
     if have_official:
-        import lavt
-
-        mods = import_official(args.official)
-        off = build_official(mods, cfg).eval()
-        bert = build_bert(cfg.text_encoder).eval()
-        randomize_(off, args.seed)
-        randomize_(bert, args.seed)
-        ours = lavt.load_official({"model": off.state_dict(), "bert_model": bert.state_dict()})
+        off, bert, ours = official_and_ours(args, cfg)
     else:
         from lavt.models import LAVT
 
