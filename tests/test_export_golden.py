@@ -48,3 +48,16 @@ def test_lavt_one_tiny_reproduces_official_logits(golden_dir, tmp_path, parts):
     if parts == "split":  # the text graph gives the official BERT output
         feats = onnx_model.text_features(d["input_ids"].numpy(), d["attention_mask"].numpy())
         np.testing.assert_allclose(feats.transpose(0, 2, 1), d["l_feats"].numpy(), atol=5e-5, rtol=0)
+
+
+def test_winograd_convolutions_reproduce_official_logits(golden_dir, tmp_path, monkeypatch):
+    """With the export's Winograd pass applied to every 3x3 decoder convolution (the golden
+    decoder is narrower than the pass's default threshold), the logits stay official."""
+    import lavt.export.winograd as winograd
+
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
+    d, model = _official(golden_dir, "lavt_one_tiny")
+    report = _export(model, tmp_path)
+    assert report.config["winograd_convolutions"] == {"model.onnx": 6}
+    logits = OnnxModel(report.folder).logits(d["image"].numpy(), d["input_ids"].numpy(), d["attention_mask"].numpy())
+    np.testing.assert_allclose(logits, d["logits"].numpy(), atol=1e-4, rtol=0)

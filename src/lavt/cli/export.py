@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "QDQ calibrated on generated scenes")
     p.add_argument("--parts", choices=["full", "split"], default="full",
                    help="full: one graph; split: text encoder and vision graphs (text features in between)")
+    p.add_argument("--convolutions", choices=["winograd", "direct"], default="winograd",
+                   help="winograd: the decoder's wide 3x3 convolutions as Winograd matmuls, faster in onnxruntime on "
+                   "CPUs (default); direct: keep them as Conv nodes, for runtimes with fast direct convolutions")
     p.set_defaults(func=run)
 
 
@@ -45,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     from lavt.export import export_model
 
     report = export_model(args.checkpoint, args.out, image_size=args.image_size, tokens=args.tokens, opset=args.opset,
-                          quantize=args.quantize, int8_method=args.int8_method, parts=args.parts)
+                          quantize=args.quantize, int8_method=args.int8_method, parts=args.parts,
+                          convolutions=args.convolutions)
     for precision, result in report.parity.items():
         print(f"{precision}: largest logit difference to torch {result['random_max_abs']:.3g} on random inputs, "
               f"{result['example_max_abs']:.3g} on a generated scene (logits up to "

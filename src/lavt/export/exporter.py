@@ -2,9 +2,12 @@
 onnxruntime runs without torch (`lavt.runtime`).
 
 Written: the graphs (see `lavt.runtime.folder` for the layout), `config.json`, the tokenizer
-(`tokenizer.json`, `vocab.txt`, `tokenizer_config.json`) and a model card. After writing,
-the graphs are run against the torch model (random inputs and a generated scene); float32
-graphs further than 1e-4 from torch on the logits fail the export.
+(`tokenizer.json`, `vocab.txt`, `tokenizer_config.json`) and a model card. Order: the plain
+traces; the int8 graphs quantised from them; then the wide 3x3 convolutions still in float32
+rewritten as Winograd (`winograd.py`; int8 Winograd products lose the logits, so the
+quantiser never sees them). After writing, the graphs are run against the torch model
+(random inputs and a generated scene); float32 graphs further than 1e-4 from torch on the
+logits fail the export.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from lavt.errors import LAVTUserError
 from lavt.export.graph import DEFAULT_OPSET, export_graph
 from lavt.export.parity import check_float32, example_scene, measure, parity_inputs
 from lavt.export.quantize import check_method, quantize_dynamic_graph, quantize_static_graph
+from lavt.export.winograd import rewrite_file
 from lavt.hub import write_model_card
 from lavt.images import IMAGENET_MEAN, IMAGENET_STD, image_to_array
 from lavt.loading import default_tokenizer, load_model
@@ -28,6 +32,7 @@ from lavt.runtime.folder import CONFIG_NAME, FORMAT_VERSION, GRAPH_NAMES, MODEL_
 from lavt.runtime.session import OnnxModel
 
 PARTS = ("full", "split")
+CONVOLUTIONS = ("winograd", "direct")
 
 
 @dataclass
@@ -81,11 +86,18 @@ def export_model(
     quantize: str | None = None,
     int8_method: str = "dynamic",
     parts: str = "full",
+    convolutions: str = "winograd",
 ) -> ExportReport:
-    """Export the model at `source` into `out` (created; graphs there are replaced)."""
+    """Export the model at `source` into `out` (created; graphs there are replaced).
+
+    `convolutions`: `winograd` (default) rewrites the decoder's wide 3x3 convolutions as
+    Winograd matmuls, faster in onnxruntime on CPUs; `direct` keeps them as `Conv` nodes, for
+    runtimes with fast direct convolutions (GPU providers, compilers)."""
     start = time.perf_counter()
     if quantize not in (None, "int8"):
         raise LAVTUserError(f"--quantize takes int8, got {quantize!r}")
+    if convolutions not in CONVOLUTIONS:
+        raise LAVTUserError(f"--convolutions must be one of {', '.join(CONVOLUTIONS)}, got {convolutions!r}")
     check_method(int8_method)
     loaded = load_model(source)
     if loaded.kind == "onnx":
@@ -141,20 +153,27 @@ def export_model(
         tokenizer.save_tokenizer_json(folder / TOKENIZER_NAME)
     _write_config(folder, config)
 
+    int8_graphs = {part: GRAPH_NAMES["int8"][part] for part in graph_parts} if quantize == "int8" else {}
+    for part, name in int8_graphs.items():  # from the plain float32 traces
+        if int8_method == "static":
+            feeds = _scene_feeds(model, part, size, n_tokens, tokenizer)
+            quantize_static_graph(folder / float_graphs[part], folder / name, feeds)
+        else:
+            quantize_dynamic_graph(folder / float_graphs[part], folder / name)
+    config["convolutions"] = convolutions
+    if convolutions == "winograd":
+        # static int8 convolutions read their filters through DequantizeLinear: left as they are
+        names = [*float_graphs.values(), *int8_graphs.values()]
+        config["winograd_convolutions"] = {name: rewrite_file(folder / name) for name in names}
+    _write_config(folder, config)
+
     inputs = parity_inputs(model, size, n_tokens, tokenizer)
     parity = {"float32": measure(model, OnnxModel(folder, "float32"), inputs)}
     config["parity"] = parity
     _write_config(folder, config)
     check_float32(parity["float32"], folder)
 
-    if quantize == "int8":
-        int8_graphs = {part: GRAPH_NAMES["int8"][part] for part in graph_parts}
-        for part, name in int8_graphs.items():
-            if int8_method == "static":
-                feeds = _scene_feeds(model, part, size, n_tokens, tokenizer)
-                quantize_static_graph(folder / float_graphs[part], folder / name, feeds)
-            else:
-                quantize_dynamic_graph(folder / float_graphs[part], folder / name)
+    if int8_graphs:
         config["graphs"]["int8"] = int8_graphs
         config["precision"] = "int8"
         config["int8_method"] = int8_method
@@ -180,6 +199,9 @@ def _card_notes(config: dict[str, Any]) -> str:
         f"ONNX opset {config['opset']}, input {h}x{w} px, {config['max_tokens']} tokens, dynamic batch; "
         f"graphs ({config['parts']}): {graphs}; the runtime runs the {config['precision']} graphs by default.",
     ]
+    rewritten = sum(config.get("winograd_convolutions", {}).values())
+    if rewritten:
+        lines.append(f"- {rewritten} 3x3 convolutions rewritten as Winograd F(4x4, 3x3) / F(2x2, 3x3) matmuls")
     for precision, result in config.get("parity", {}).items():
         lines.append(
             f"- {precision}: largest logit difference to the torch model {result['random_max_abs']:.2g} (random inputs), "

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from lavt.ops import switch
 
 # (B^T, G, A^T) per output tile size m (Lavin & Gray 2016; points 0, +-1 and, for m = 4, +-2).
-_MATRICES = {
+MATRICES = {
     2: (
         [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
         [[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]],
@@ -70,7 +70,7 @@ def _kron(m: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch
     """(B^T kron B^T, G kron G, A^T kron A^T) for tile size m, built in float64 and cached."""
     key = (m, dtype)
     if key not in _KRON:
-        bt, g, at = (torch.tensor(a, dtype=torch.float64) for a in _MATRICES[m])
+        bt, g, at = (torch.tensor(a, dtype=torch.float64) for a in MATRICES[m])
         _KRON[key] = tuple(torch.kron(a, a).to(dtype) for a in (bt, g, at))  # type: ignore[assignment]
     return _KRON[key]
 
@@ -272,8 +272,8 @@ def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor, m: int | None = None
     memory. Differentiable in both. Work is split into bands of about `band_bytes` (default
     `BAND_BYTES`)."""
     m = tile_size(x) if m is None else m
-    if m not in _MATRICES:
-        raise ValueError(f"Winograd tile size must be one of {sorted(_MATRICES)}, got {m}")
+    if m not in MATRICES:
+        raise ValueError(f"Winograd tile size must be one of {sorted(MATRICES)}, got {m}")
     band_bytes = BAND_BYTES if band_bytes is None else band_bytes
     _calls[m] += 1
     if not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
