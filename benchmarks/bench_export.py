@@ -6,7 +6,9 @@ The official model and ours get the same random weights (`bench_model.py`'s set-
 Ours is saved, exported with `lavt export`'s function (float32 full graph, int8 dynamic, and
 the split pair), and timed beside the official float32 and our torch float32 / bf16:
 
-- onnxruntime float32 and int8, one graph from pixels and token ids;
+- onnxruntime float32 and int8, one graph from pixels and token ids (the decoder's 3x3
+  convolutions as Winograd matmuls, the export's default; `--direct-too` adds a float32 export
+  that keeps them as `Conv` nodes);
 - the split export with the expression's text features cached (only the vision graph runs),
   float32 and int8;
 - the export time, the file sizes, and each path's logits against the official float32 (max
@@ -64,8 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--int8-method", default="dynamic", choices=["dynamic", "static"], help="int8 quantisation (default dynamic)")
+    p.add_argument("--int8-method", default="dynamic", choices=["dynamic", "static", "both"],
+                   help="int8 quantisation (default dynamic; both: a second full export, static)")
     p.add_argument("--no-split", action="store_true", help="skip the split export")
+    p.add_argument("--direct-too", action="store_true", help="also time a float32 export with direct convolutions")
     p.add_argument("--out", type=Path, default=None, help="folder for the exports (default: a temporary one)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
@@ -92,19 +96,32 @@ def main(argv: list[str] | None = None) -> int:
         root = args.out or Path(tmp)
         saved = ours.save_pretrained(root / "model")
         t0 = time.perf_counter()
-        options = dict(image_size=args.size, tokens=args.tokens, quantize="int8", int8_method=args.int8_method)
+        first = "dynamic" if args.int8_method == "both" else args.int8_method
+        options = dict(image_size=args.size, tokens=args.tokens, quantize="int8", int8_method=first)
         full = export_model(saved, root / "full", **options)
         export_s = time.perf_counter() - t0
         split = None if args.no_split else export_model(saved, root / "split", parts="split", **options)
+        static = None
+        if args.int8_method == "both":
+            static = export_model(saved, root / "static", **{**options, "int8_method": "static"})
+        direct = None
+        if args.direct_too:
+            direct = export_model(saved, root / "direct", image_size=args.size, tokens=args.tokens, convolutions="direct")
         res["export"] = {"seconds_full_float32_and_int8": export_s, "files_full": full.files, "parity_full": full.parity}
         if split is not None:
             res["export"].update(files_split=split.files, parity_split=split.parity)
+        if static is not None:
+            res["export"].update(seconds_static=static.seconds, files_static=static.files, parity_static=static.parity)
         log(f"export (float32 + int8 full graph, parity checks included): {export_s:.1f} s")
         for name, size in {**full.files, **(split.files if split else {})}.items():
             if name.endswith(".onnx"):
                 log(f"  {name}: {size / 1e6:.1f} MB")
 
         graphs = [("onnx_fp32", full.folder, "float32"), ("onnx_int8", full.folder, "int8")]
+        if static is not None:
+            graphs += [("onnx_int8_static", static.folder, "int8")]
+        if direct is not None:
+            graphs += [("onnx_fp32_direct", direct.folder, "float32")]
         if split is not None:
             graphs += [("split_fp32", split.folder, "float32"), ("split_int8", split.folder, "int8")]
         sessions = {name: OnnxModel(folder, precision=prec, threads=args.threads) for name, folder, prec in graphs}

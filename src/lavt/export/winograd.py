@@ -11,7 +11,7 @@ every shape fixed by the export (the batch axis stays dynamic).
 Per convolution, in channels-last order (N, H, W, C), so that every copy moves whole channel
 vectors: pad; cut the overlapping (m+2) x (m+2) tiles (stride m) by a reshape and two strided
 slices per axis; V = (B^T kron B^T) D as one matmul over the tile positions; M_k = V_k U_k
-((m+2)^2 batched channel matmuls with the filters transformed at export); Y = (A^T kron A^T) M;
+((m+2)^2 batched channel matmuls; U = G g G^T, folded when the session starts); Y = (A^T kron A^T) M;
 reassemble, crop, add the bias, back to NCHW (onnxruntime's transpose optimiser removes the
 NCHW/NHWC pairs between consecutive convolutions).
 """
@@ -67,7 +67,6 @@ def winograd_nodes(prefix: str, x: str, y: str, weight: np.ndarray, bias: np.nda
     # padded to m * (tiles + 1) a side: the strided slices of the tiles' last two rows fit
     hp, wp = m * (th + 1), m * (tw + 1)
     kb, kg, ka = transform_matrices(m)
-    u = (kg @ weight.astype(np.float64).reshape(c_out * c_in, 9).T).reshape(a * a, c_out, c_in).transpose(0, 2, 1)
     nodes: list[Any] = []
     inits: dict[str, Any] = {}
 
@@ -101,7 +100,12 @@ def winograd_nodes(prefix: str, x: str, y: str, weight: np.ndarray, bias: np.nda
     d = node("Reshape", [d, const("flat", [a * a, -1])], "tiles2d")
     v = node("MatMul", [const("bt_kron", kb.astype(np.float32)), d], "input_transform")
     v = node("Reshape", [v, const("v_shape", [a * a, -1, c_in])], "v")
-    prod = node("MatMul", [v, const("filters", u.astype(np.float32))], "channel_matmul")  # (a*a, N*tiles, C_out)
+    # U = G g G^T as nodes on the 3x3 filters, not stored: onnxruntime folds these constants
+    # when the session starts, and the file keeps the filters' own size ((m+2)^2 / 9 less)
+    u = node("MatMul", [const("g_kron", kg.astype(np.float32)), const("filters", weight.reshape(c_out * c_in, 9).T)], "filter_transform")
+    u = node("Reshape", [u, const("u_shape", [a * a, c_out, c_in])], "u3")
+    u = node("Transpose", [u], "u", perm=[0, 2, 1])  # (a*a, C_in, C_out)
+    prod = node("MatMul", [v, u], "channel_matmul")  # (a*a, N*tiles, C_out)
     prod = node("Reshape", [prod, const("flat_out", [a * a, -1])], "prod2d")
     yt = node("MatMul", [const("at_kron", ka.astype(np.float32)), prod], "output_transform")
     yt = node("Reshape", [yt, const("y_tiles", [m, m, -1, th, tw, c_out])], "y_tiles")
