@@ -211,3 +211,59 @@ def test_evaluate_and_serve_run_an_exported_folder(root, exported, tmp_path):
     assert np.array_equal(answer.masks[0], direct.mask)
     assert service.info["config"]["max_tokens"] == TOKENS
     assert service.info["parameters"] == LAVT.from_pretrained(tiny_model_dir(root)).num_parameters() > 0
+
+
+def test_non_square_export_through_the_torch_tools(root, tmp_path, capsys):
+    """An H,W export: `lavt predict` and `lavt serve` resize to the graph's own size (masks equal
+    the torch-free runtime's); `lavt evaluate`, which resizes to squares, says to export a square."""
+    from PIL import Image
+
+    from helpers import make_synth
+    from lavt.serve.service import SegmentService
+
+    folder = export_model(tiny_model_dir(root), tmp_path / "wide", image_size="40,56").folder
+    predictor = Predictor.from_pretrained(folder)
+    assert predictor.input_size == (40, 56)
+    got = predictor.predict(_scene(), ["the red square", "the blue thing"])
+    want = OnnxPredictor(folder).predict(_scene(), ["the red square", "the blue thing"])
+    for a, b in zip(got, want):
+        assert a.mask.shape == (61, 83) and (a.mask != b.mask).mean() < 1e-3
+    service = SegmentService.load(str(folder), device="cpu")
+    assert service.info["input_size"] == [40, 56]
+    assert np.array_equal(service.predict(Image.fromarray(_scene()), ["the red square"]).masks[0], want[0].mask)
+    data = make_synth(tmp_path / "data", num_images=2)
+    assert main(["evaluate", "-c", str(folder), "--data-root", str(data), "--dataset", "synthref", "--split", "train",
+                 "--device", "cpu", "--no-progress"]) == 2
+    assert "is an export for 40x56 images" in capsys.readouterr().err
+
+
+def test_graphs_switch_picks_float32_or_int8(root, tmp_path, capsys):
+    """`--graphs` (predict, evaluate, serve) runs an int8 folder's float32 graph, refuses graphs a
+    folder lacks, and refuses torch models, each with one line that says why."""
+    from PIL import Image
+
+    from lavt.serve.service import SegmentService
+
+    int8 = tiny_export(root, quantize="int8")
+    assert Predictor.from_pretrained(int8).model.onnx.precision == "int8"
+    as_float = Predictor.from_pretrained(int8, graphs="float32")
+    assert as_float.model.onnx.precision == "float32"
+    want = OnnxPredictor(int8, precision="float32").predict(_scene(), ["the red square"])[0].mask
+    assert (as_float.predict(_scene(), ["the red square"])[0].mask != want).mean() < 1e-3
+    assert SegmentService.load(str(int8), device="cpu", graphs="float32").predictor.model.onnx.precision == "float32"
+    Image.fromarray(_scene()).save(tmp_path / "scene.png")
+    scene, out = str(tmp_path / "scene.png"), str(tmp_path / "p")
+    cases = [
+        (["predict", "-c", str(int8), scene, "the red square", "--out", out, "--graphs", "float32"], 0, None),
+        (["predict", "-c", str(tiny_export(root)), scene, "a", "--out", out, "--graphs", "int8"], 2,
+         "has no int8 graphs (it has: float32); export with --quantize int8"),
+        (["predict", "-c", str(tiny_model_dir(root)), scene, "a", "--out", out, "--graphs", "int8"], 2,
+         "picks the graphs of an exported folder"),
+        (["evaluate", "-c", str(int8), "--data-root", str(tmp_path), "--graphs", "int4"], 2,
+         "graphs in options must be one of 'float32', 'int8', got 'int4'"),
+    ]
+    for argv, code, message in cases:
+        assert main(argv) == code, argv
+        err = capsys.readouterr().err
+        if message:
+            assert message in err and "Traceback" not in err, err

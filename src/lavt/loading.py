@@ -55,10 +55,13 @@ def load_model(
     *,
     pwam_heads: tuple[int, ...] | None = None,
     max_tokens: int | None = None,
+    graphs: str | None = None,
 ) -> LoadedModel:
     """Load any saved LAVT (see module docstring) onto `device`, in eval mode.
 
     `pwam_heads` only matters for official checkpoints whose saved args lack `--mha`.
+    `graphs` picks the float32 or int8 graphs of an exported folder (default: the folder's
+    choice); it is an error for anything else.
     """
     p = resolve_source(path)
     if not p.exists():
@@ -68,8 +71,11 @@ def load_model(
             from lavt.onnx_module import OnnxLAVT  # onnxruntime: an optional dependency (the `onnx` extra)
         except ImportError as exc:
             raise LAVTUserError(f"{p} is an exported (ONNX) model; running it needs the 'onnx' extra: pip install \"lavt[onnx]\"") from exc
-        onnx_model = OnnxLAVT(p, device=device)
+        onnx_model = OnnxLAVT(p, device=device, precision=graphs)
         return LoadedModel(onnx_model.eval(), _tokenizer_from(p, max_tokens, onnx_model), "onnx", p)
+    if graphs is not None:
+        raise LAVTUserError(f"--graphs {graphs} picks the graphs of an exported folder (lavt export), but {p} is a torch model; "
+                            "leave --graphs out (--precision sets its arithmetic)")
     if p.is_file() and p.suffix == ".safetensors" and (p.parent / CONFIG_NAME).is_file():
         p = p.parent
     if p.is_dir():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -45,31 +46,34 @@ class OnnxLAVT(nn.Module):
         )
 
     def _run(self, image: torch.Tensor, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
-             text_features: torch.Tensor | None, text_mask: torch.Tensor | None) -> torch.Tensor:
+             text_features: torch.Tensor | None, text_mask: torch.Tensor | None, return_no_target: bool) -> Any:
         def arr(t: torch.Tensor) -> np.ndarray:
             return np.ascontiguousarray(t.detach().cpu().numpy())
 
         pixels = arr(image.float())
         if input_ids is not None:
             assert attention_mask is not None
-            out = self.onnx.logits(pixels, arr(input_ids), arr(attention_mask))
+            out = self.onnx.logits(pixels, arr(input_ids), arr(attention_mask), return_no_target=True)
         else:
             assert text_features is not None and text_mask is not None
-            out = self.onnx.logits_from_features(pixels, arr(text_features.float()), arr(text_mask))
-        return torch.from_numpy(out).to(image.device)
+            out = self.onnx.logits_from_features(pixels, arr(text_features.float()), arr(text_mask), return_no_target=True)
+        logits, no_target = (None if a is None else torch.from_numpy(a).to(image.device) for a in out)
+        return (logits, no_target) if return_no_target else logits
 
     def forward(self, image: torch.Tensor, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                *, text_features: torch.Tensor | None = None, text_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self._run(image, input_ids, attention_mask, text_features, text_mask)
+                *, text_features: torch.Tensor | None = None, text_mask: torch.Tensor | None = None,
+                return_no_target: bool = False) -> Any:
+        """As `LAVT.forward`: logits, and with `return_no_target` the head's logits (None without one)."""
+        return self._run(image, input_ids, attention_mask, text_features, text_mask, return_no_target)
 
     def segment_expressions(self, image: torch.Tensor, input_ids: torch.Tensor | None = None,
                             attention_mask: torch.Tensor | None = None, *, text_features: torch.Tensor | None = None,
-                            text_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """One image, E expressions -> logits (E, 2, H, W)."""
+                            text_mask: torch.Tensor | None = None, return_no_target: bool = False) -> Any:
+        """One image, E expressions -> logits (E, 2, H, W) (and the head's (E,) with `return_no_target`)."""
         if image.ndim == 3:
             image = image.unsqueeze(0)
         n = (input_ids if input_ids is not None else text_mask).shape[0]  # type: ignore[union-attr]
-        return self._run(image.expand(n, -1, -1, -1), input_ids, attention_mask, text_features, text_mask)
+        return self._run(image.expand(n, -1, -1, -1), input_ids, attention_mask, text_features, text_mask, return_no_target)
 
     def num_parameters(self) -> int:
         """The exported model's parameter count, recorded at export (0 when unknown)."""

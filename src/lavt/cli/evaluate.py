@@ -22,6 +22,7 @@ FLAGS: dict[str, tuple[str, type | None, str]] = {
     "--max-images": ("max_images", int, "score only the first N images (quick checks)"),
     "--tokenizer": ("tokenizer", str, "folder with vocab.txt (default: saved with the model, else bert uncased)"),
     "--precision": ("precision", str, "fp32 (default), bf16, fp16 (CUDA)"),
+    "--graphs": ("graphs", str, "exported folder: float32 or int8 graphs (default: the folder's choice)"),
     "--device": ("device", str, "auto (default), cpu, cuda, cuda:N"),
     "--workers": ("num_workers", int, "data-loading worker processes"),
     "--no-target": ("no_target", str, "generalised datasets: none, area or head (default: the model's rule)"),

@@ -24,6 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", "-o", type=Path, default=Path("predictions"), help="output folder (default: predictions)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default: cpu)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast precision (default fp32)")
+    p.add_argument("--graphs", default=None, choices=["float32", "int8"],
+                   help="exported folder: run its float32 or int8 graphs (default: the folder's choice)")
     p.set_defaults(func=run)
 
 
@@ -75,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     check_writable("--out", args.out, folder=True)  # before the model runs, not after
     image = load_image(args.image)  # fail on a bad image before loading the model
     try:
-        predictor = Predictor.from_pretrained(args.checkpoint, device=args.device, precision=args.precision)
+        predictor = Predictor.from_pretrained(args.checkpoint, device=args.device, precision=args.precision, graphs=args.graphs)
     except RuntimeError as exc:  # e.g. an unavailable CUDA device
         raise LAVTUserError(f"could not load the model on {args.device}: {str(exc).splitlines()[0]}") from exc
     results = predictor.predict(image, expressions)

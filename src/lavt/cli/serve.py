@@ -24,6 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 picks a free one)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default auto: cuda when visible)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast precision (default fp32)")
+    p.add_argument("--graphs", default=None, choices=["float32", "int8"],
+                   help="exported folder: run its float32 or int8 graphs (default: the folder's choice)")
     p.add_argument("--concurrency", type=int, default=1, help="model calls running at once (default 1)")
     p.add_argument("--queue-size", type=int, default=32,
                    help="requests waiting beyond those; more are answered 'busy' (HTTP 503) (default 32)")
@@ -54,4 +56,4 @@ def run(args: argparse.Namespace) -> int:
                     max_expressions=args.max_expressions)
     return serve(args.checkpoint, host=args.host, port=args.port, device=args.device, precision=args.precision,
                  concurrency=args.concurrency, queue_size=args.queue_size, limits=limits,
-                 examples=args.examples, log_level=args.log_level)
+                 examples=args.examples, log_level=args.log_level, graphs=args.graphs)

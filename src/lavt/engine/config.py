@@ -208,6 +208,7 @@ class EvalConfig(RunConfig):
     no_target: Literal["none", "area", "head"] | None = None
     no_target_threshold: float | None = None
     pick_no_target_threshold: bool = False
+    graphs: Literal["float32", "int8"] | None = None  # an exported folder's graphs (None: the folder's choice)
 
     def _check_values(self) -> None:
         super()._check_values()

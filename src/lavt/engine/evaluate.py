@@ -131,7 +131,7 @@ def _run(config: EvalConfig, env: DistEnv, loaded: Any) -> EvalResult:
     if config.precision == "fp16" and env.device.type != "cuda":
         raise LAVTUserError("precision fp16 needs a CUDA device; use bf16 or fp32 on a CPU")
     if loaded is None:
-        loaded = load_model(config.checkpoint, env.device)
+        loaded = load_model(config.checkpoint, env.device, graphs=config.graphs)
     model = loaded.model.to(env.device).eval()
     if config.tokenizer:
         tokenizer = ExpressionTokenizer.from_pretrained(config.tokenizer, max_tokens=model.config.max_tokens)
@@ -139,6 +139,12 @@ def _run(config: EvalConfig, env: DistEnv, loaded: Any) -> EvalResult:
     else:
         tokenizer = loaded.tokenizer or default_tokenizer(model)
     image_size = config.image_size or model.config.image_size
+    hw = getattr(model, "image_hw", None)  # an exported folder's fixed graph size
+    if hw is not None and tuple(hw) != (image_size, image_size):
+        raise LAVTUserError(
+            f"{config.checkpoint} is an export for {hw[0]}x{hw[1]} images, but evaluation resizes every image to "
+            f"{image_size}x{image_size}; export the model again with --image-size {image_size} to evaluate it"
+        )
     split_by = config.resolved_split_by
     ds = ReferImageGroups(
         config.data_root, config.dataset, split_by, config.split, tokenizer=tokenizer,

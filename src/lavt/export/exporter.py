@@ -28,6 +28,7 @@ from lavt.hub import write_model_card
 from lavt.images import IMAGENET_MEAN, IMAGENET_STD, image_to_array
 from lavt.loading import default_tokenizer, load_model
 from lavt.models import LAVT
+from lavt.models.no_target import HEAD_PROBABILITY
 from lavt.runtime.folder import CONFIG_NAME, FORMAT_VERSION, GRAPH_NAMES, MODEL_TYPE, TOKENIZER_NAME
 from lavt.runtime.session import OnnxModel
 
@@ -148,6 +149,8 @@ def export_model(
         "source": str(loaded.source),
         "model_config": model.config.to_dict(),
     }
+    if model.config.no_target == "head":  # the runtime's decision rule (the graphs output the head's logit)
+        config["no_target_head_probability"] = HEAD_PROBABILITY
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
         tokenizer.save_tokenizer_json(folder / TOKENIZER_NAME)

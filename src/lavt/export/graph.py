@@ -21,15 +21,20 @@ DEFAULT_OPSET = 18
 EXAMPLE_BATCH = 2  # traced with two rows so that nothing specialises on a batch of one
 
 
+def has_head(model: LAVT) -> bool:
+    """Whether the graphs also output the no-target head's logit (B,) as `no_target_logit`."""
+    return model.config.no_target == "head"
+
+
 class FullGraph(nn.Module):
-    """(image, input_ids, attention_mask) -> logits."""
+    """(image, input_ids, attention_mask) -> logits (and no_target_logit with a no-target head)."""
 
     def __init__(self, model: LAVT) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(image, input_ids, attention_mask)
+        return self.model(image, input_ids, attention_mask, return_no_target=has_head(self.model))
 
 
 class TextGraph(nn.Module):
@@ -44,14 +49,14 @@ class TextGraph(nn.Module):
 
 
 class VisionGraph(nn.Module):
-    """(image, text_features, text_mask) -> logits: everything but the text encoder."""
+    """(image, text_features, text_mask) -> logits (and no_target_logit): all but the text encoder."""
 
     def __init__(self, model: LAVT) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, image: torch.Tensor, text_features: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(image, text_features=text_features, text_mask=text_mask)
+        return self.model(image, text_features=text_features, text_mask=text_mask, return_no_target=has_head(self.model))
 
 
 def example_inputs(model: LAVT, size: tuple[int, int], tokens: int, batch: int = EXAMPLE_BATCH, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -79,9 +84,10 @@ GRAPH_IO = {
 def export_graph(model: LAVT, part: str, path: Path, size: tuple[int, int], tokens: int, opset: int = DEFAULT_OPSET) -> Path:
     """Write one graph (`part`: full, text or vision) of `model` to `path`."""
     wrapper_cls, names, output = GRAPH_IO[part]
+    outputs = [output, "no_target_logit"] if part != "text" and has_head(model) else [output]
     inputs = example_inputs(model, size, tokens)
     wrapper = wrapper_cls(model).eval()
-    dynamic = {name: {0: "batch"} for name in (*names, output)}
+    dynamic = {name: {0: "batch"} for name in (*names, *outputs)}
     path.parent.mkdir(parents=True, exist_ok=True)
     with ops.fast_paths(False), torch.no_grad(), warnings.catch_warnings():
         # The tracer warns on every Python branch taken on a shape; with H, W and N fixed
@@ -93,7 +99,7 @@ def export_graph(model: LAVT, part: str, path: Path, size: tuple[int, int], toke
                 tuple(inputs[n] for n in names),
                 str(path),
                 input_names=list(names),
-                output_names=[output],
+                output_names=outputs,
                 dynamic_axes=dynamic,
                 opset_version=int(opset),
                 do_constant_folding=True,

@@ -34,20 +34,24 @@ def example_scene(size: tuple[int, int], seed: int = 0) -> Image.Image:
     return Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8))
 
 
-def _onnx_logits(onnx: OnnxModel, inputs: dict[str, np.ndarray]) -> np.ndarray:
+def _onnx_logits(onnx: OnnxModel, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
     if onnx.takes_ids:
-        return onnx.logits(inputs["image"], inputs["input_ids"], inputs["attention_mask"])
-    return onnx.logits_from_features(inputs["image"], inputs["text_features"], inputs["text_mask"])
+        return onnx.logits(inputs["image"], inputs["input_ids"], inputs["attention_mask"], return_no_target=True)
+    return onnx.logits_from_features(inputs["image"], inputs["text_features"], inputs["text_mask"], return_no_target=True)
 
 
 @torch.no_grad()
-def _torch_logits(model: LAVT, inputs: dict[str, np.ndarray]) -> np.ndarray:
+def _torch_logits(model: LAVT, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+    """The mask logits and, for a model with a no-target head, the head's logits."""
     image = torch.from_numpy(inputs["image"])
+    head = model.config.no_target == "head"
     if model.text_encoder is not None:
-        out = model(image, torch.from_numpy(inputs["input_ids"]), torch.from_numpy(inputs["attention_mask"]))
+        out = model(image, torch.from_numpy(inputs["input_ids"]), torch.from_numpy(inputs["attention_mask"]), return_no_target=head)
     else:
-        out = model(image, text_features=torch.from_numpy(inputs["text_features"]), text_mask=torch.from_numpy(inputs["text_mask"]))
-    return out.float().numpy()
+        out = model(image, text_features=torch.from_numpy(inputs["text_features"]), text_mask=torch.from_numpy(inputs["text_mask"]),
+                    return_no_target=head)
+    logits, no_target = out if head else (out, None)
+    return logits.float().numpy(), None if no_target is None else no_target.float().numpy()
 
 
 def parity_inputs(model: LAVT, size: tuple[int, int], tokens: int, tokenizer: Any = None) -> dict[str, dict[str, np.ndarray]]:
@@ -65,13 +69,19 @@ def parity_inputs(model: LAVT, size: tuple[int, int], tokens: int, tokenizer: An
 
 
 def measure(model: LAVT, onnx: OnnxModel, inputs: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
-    """Largest absolute logit difference per input set, and the share of pixels whose argmax differs."""
+    """Largest absolute logit difference per input set, and the share of pixels whose argmax
+    differs; for a model with a no-target head, also the head's (`{set}_no_target_*`)."""
     out: dict[str, float] = {}
     for name, feeds in inputs.items():
-        ours, ref = _onnx_logits(onnx, feeds), _torch_logits(model, feeds)
+        (ours, ours_nt), (ref, ref_nt) = _onnx_logits(onnx, feeds), _torch_logits(model, feeds)
         out[f"{name}_max_abs"] = float(np.abs(ours - ref).max())
         out[f"{name}_logit_scale"] = float(np.abs(ref).max())
         out[f"{name}_mask_mismatch"] = float((ours.argmax(1) != ref.argmax(1)).mean())
+        if ref_nt is not None:
+            if ours_nt is None:
+                raise LAVTUserError(f"the export in {onnx.folder} lost the model's no-target head (no no_target_logit output)")
+            out[f"{name}_no_target_max_abs"] = float(np.abs(ours_nt - ref_nt).max())
+            out[f"{name}_no_target_logit_scale"] = float(np.abs(ref_nt).max())
     return out
 
 

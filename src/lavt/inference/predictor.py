@@ -2,7 +2,8 @@
 
 Pre- and post-processing live here, never in the model: images of any mode are turned into
 RGB, resized to the square the model was trained at (not the official demo's aspect-keeping
-resize, which the model never saw), and the masks come back at the original resolution.
+resize, which the model never saw; an exported folder: the size of its graphs), and the masks
+come back at the original resolution.
 """
 from __future__ import annotations
 
@@ -48,23 +49,28 @@ class Predictor:
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.image_size = int(image_size or model.config.image_size)
+        # (height, width) images are resized to: the square, or an exported graph's own size
+        hw = getattr(model, "image_hw", None)
+        self.input_size: tuple[int, int] = (self.image_size, self.image_size) if image_size or hw is None else tuple(hw)
         self.precision = precision
 
     @classmethod
     def from_pretrained(
-        cls, source: str | Path, device: str | torch.device = "cpu", precision: str = "fp32"
+        cls, source: str | Path, device: str | torch.device = "cpu", precision: str = "fp32", graphs: str | None = None
     ) -> Predictor:
         """A model folder (save_pretrained, `lavt convert`, `lavt demo`), a training checkpoint,
-        or an official LAVT checkpoint file."""
-        loaded = load_model(source, device=device)
+        an official LAVT checkpoint file, or an exported folder (`graphs`: its float32 or int8
+        graphs, default the folder's choice)."""
+        loaded = load_model(source, device=device, graphs=graphs)
         tokenizer = loaded.tokenizer or default_tokenizer(loaded.model)
         return cls(loaded.model, tokenizer, device=device, precision=precision)
 
     # ------------------------------------------------------------------ pieces
     def preprocess(self, image: ImageInput) -> tuple[torch.Tensor, tuple[int, int]]:
-        """-> normalised (1, 3, S, S) tensor on the device and the original (H, W)."""
+        """-> normalised (1, 3, S, S) tensor on the device (an exported graph's (h, w) for a
+        non-square export) and the original (H, W)."""
         pil = load_image(image)
-        tensor = image_to_tensor(pil, self.image_size).unsqueeze(0).to(self.device)
+        tensor = image_to_tensor(pil, self.input_size).unsqueeze(0).to(self.device)
         return tensor, (pil.height, pil.width)
 
     def tokenize(self, expressions: str | Sequence[str]) -> tuple[list[str], torch.Tensor, torch.Tensor]:
@@ -78,9 +84,8 @@ class Predictor:
     ) -> Any:
         """Torch-facing: one normalised image (1,3,S,S), E expressions -> logits (E,2,S,S), float32
         (with `return_no_target`, also the no-target head's logits (E,), None without a head)."""
-        extra = {"return_no_target": True} if return_no_target else {}  # only LAVT takes it, not an exported graph
         with autocast(self.precision, self.device):
-            out = self.model.segment_expressions(image, input_ids, attention_mask, **extra)
+            out = self.model.segment_expressions(image, input_ids, attention_mask, return_no_target=return_no_target)
         if return_no_target:
             return out[0].float(), out[1]
         return out.float()

@@ -75,13 +75,40 @@ def resize_bilinear(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return (top * (np.float32(1.0) - hw) + bottom * hw).astype(np.float32, copy=False)
 
 
-def logits_to_predictions(texts: list[str], logits: np.ndarray, size: tuple[int, int]) -> list[Prediction]:
+Decision = tuple[bool, float | None]
+
+
+def no_target_decisions(config: dict[str, Any], logits: np.ndarray, no_target_logit: np.ndarray | None) -> list[Decision] | None:
+    """Per expression (no target?, its probability or None), from an export's `config.json`,
+    the logits (E, 2, s, s) at the model's size and the head's logits (E,); None when the model
+    makes no such decision. The rules of `lavt.models.no_target.decide`: `area`, the mask
+    covers at most the threshold's share of the image; `head`, the head's probability reaches
+    the export's `no_target_head_probability`."""
+    model = config.get("model_config", {})
+    mode = model.get("no_target", "none")
+    if mode == "none":
+        return None
+    if mode == "area":
+        shares = (logits[:, 1] > logits[:, 0]).reshape(len(logits), -1).mean(1)
+        return [(bool(s <= model["no_target_threshold"]), None) for s in shares]
+    if no_target_logit is None:
+        raise LAVTUserError("this export's model decides 'no target' with a head, but its graph has no no_target_logit output; "
+                            "export it again with this version of lavt")
+    probs = 1.0 / (1.0 + np.exp(-np.asarray(no_target_logit, dtype=np.float64)))
+    return [(bool(p >= config["no_target_head_probability"]), float(p)) for p in probs]
+
+
+def logits_to_predictions(texts: list[str], logits: np.ndarray, size: tuple[int, int],
+                          decisions: list[Decision] | None = None) -> list[Prediction]:
     """Logits (E, 2, s, s) -> one Prediction per expression at `size` = (H, W), one at a time
-    so that a large image holds one full-size map in memory at once."""
+    so that a large image holds one full-size map in memory at once. An expression decided
+    to name nothing gets an empty mask."""
     out = []
-    for text, one in zip(texts, logits):
+    for i, (text, one) in enumerate(zip(texts, logits)):
         full = resize_bilinear(np.asarray(one, dtype=np.float32), size)  # (2, H, W)
         top = np.maximum(full[0], full[1])
         e0, e1 = np.exp(full[0] - top), np.exp(full[1] - top)  # softmax over the two classes, as torch
-        out.append(Prediction(text, full[1] > full[0], (e1 / (e0 + e1)).astype(np.float32)))
+        no_target, p_none = decisions[i] if decisions is not None else (None, None)
+        mask = (full[1] > full[0]) & (not no_target)
+        out.append(Prediction(text, mask, (e1 / (e0 + e1)).astype(np.float32), no_target, p_none))
     return out

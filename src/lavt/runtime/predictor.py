@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from lavt.errors import LAVTUserError
 from lavt.images import ImageInput, image_to_array, load_image
-from lavt.runtime.prediction import Prediction, check_expressions, logits_to_predictions
+from lavt.runtime.prediction import Prediction, check_expressions, logits_to_predictions, no_target_decisions
 from lavt.runtime.session import OnnxModel
 from lavt.runtime.tokenizer import ExportedTokenizer
 
@@ -82,16 +83,22 @@ class OnnxPredictor:
             self._features.popitem(last=False)
         return features
 
-    def predict_logits(self, image: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        """One normalised image (1,3,H,W), E expressions -> logits (E,2,H,W), float32."""
+    def predict_logits(self, image: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray,
+                       return_no_target: bool = False) -> Any:
+        """One normalised image (1,3,H,W), E expressions -> logits (E,2,H,W), float32 (with
+        `return_no_target`, also the no-target head's logits (E,), None without a head)."""
         batch = np.repeat(image, input_ids.shape[0], axis=0)
         if self.model.parts == "split":
             features = self._text_features(input_ids, attention_mask)
-            return self.model.logits_from_features(batch, features, attention_mask)
-        return self.model.logits(batch, input_ids, attention_mask)
+            return self.model.logits_from_features(batch, features, attention_mask, return_no_target)
+        return self.model.logits(batch, input_ids, attention_mask, return_no_target)
 
     def predict(self, image: ImageInput, expressions: str | Sequence[str]) -> list[Prediction]:
-        """Segment every expression in one image (one batched run). Masks at original size."""
+        """Segment every expression in one image (one batched run). Masks at original size.
+        A model with a no-target decision also says, per expression, whether it names nothing
+        (then its mask is empty), as `Predictor.predict`."""
         texts, ids, mask = self.tokenize(expressions)
         array, (h, w) = self.preprocess(image)
-        return logits_to_predictions(texts, self.predict_logits(array, ids, mask), (h, w))
+        logits, no_target = self.predict_logits(array, ids, mask, return_no_target=True)
+        decisions = no_target_decisions(self.model.config, logits, no_target)
+        return logits_to_predictions(texts, logits, (h, w), decisions)

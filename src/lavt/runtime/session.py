@@ -53,6 +53,9 @@ class OnnxModel:
             for part, name in graphs[self.precision].items()
         }
         self.image_size: tuple[int, int] = (int(self.config["image_size"][0]), int(self.config["image_size"][1]))
+        # models with a no-target head (generalised RIS) export its logit as a second output
+        last = self.sessions.get("full") or self.sessions.get("vision")
+        self.has_no_target_head = last is not None and "no_target_logit" in {o.name for o in last.get_outputs()}
         self.max_tokens = int(self.config["max_tokens"])
         self.takes_ids = self.config["inputs"] == "ids"
 
@@ -80,21 +83,32 @@ class OnnxModel:
                  "attention_mask": self._check_tokens(attention_mask, "attention_mask")}
         return self.sessions["text"].run(["text_features"], feeds)[0]
 
-    def logits_from_features(self, image: np.ndarray, text_features: np.ndarray, text_mask: np.ndarray) -> np.ndarray:
-        """(B,3,H,W) image, (B,N,C) features, (B,N) mask -> (B,2,H,W) logits (vision graph)."""
+    def _run(self, part: str, feeds: dict[str, np.ndarray], return_no_target: bool) -> Any:
+        if not return_no_target:
+            return self.sessions[part].run(["logits"], feeds)[0]
+        if not self.has_no_target_head:
+            return self.sessions[part].run(["logits"], feeds)[0], None
+        logits, no_target = self.sessions[part].run(["logits", "no_target_logit"], feeds)
+        return logits, no_target
+
+    def logits_from_features(self, image: np.ndarray, text_features: np.ndarray, text_mask: np.ndarray,
+                             return_no_target: bool = False) -> Any:
+        """(B,3,H,W) image, (B,N,C) features, (B,N) mask -> (B,2,H,W) logits (vision graph);
+        with `return_no_target`, also the no-target head's logits (B,) (None without a head)."""
         if "vision" not in self.sessions:
             raise LAVTUserError(f"{self.folder} is one graph from token ids; export with --parts split to feed text features")
         feeds = {"image": self._check_image(image), "text_features": np.asarray(text_features, dtype=np.float32),
                  "text_mask": self._check_tokens(text_mask, "text_mask")}
-        return self.sessions["vision"].run(["logits"], feeds)[0]
+        return self._run("vision", feeds, return_no_target)
 
-    def logits(self, image: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        """(B,3,H,W) normalised image, (B,N) ids and mask -> (B,2,H,W) float32 logits."""
+    def logits(self, image: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray, return_no_target: bool = False) -> Any:
+        """(B,3,H,W) normalised image, (B,N) ids and mask -> (B,2,H,W) float32 logits; with
+        `return_no_target`, also the no-target head's logits (B,) (None without a head)."""
         if not self.takes_ids:
             raise LAVTUserError(f"{self.folder} was exported from a model without a text encoder: it takes text features")
         if "full" in self.sessions:
             feeds = {"image": self._check_image(image), "input_ids": self._check_tokens(input_ids, "input_ids"),
                      "attention_mask": self._check_tokens(attention_mask, "attention_mask")}
-            return self.sessions["full"].run(["logits"], feeds)[0]
+            return self._run("full", feeds, return_no_target)
         features = self.text_features(input_ids, attention_mask)
-        return self.logits_from_features(image, features, attention_mask)
+        return self.logits_from_features(image, features, attention_mask, return_no_target)

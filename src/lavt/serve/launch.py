@@ -69,6 +69,7 @@ def serve(
     limits: Limits | None = None,
     examples: int = 3,
     log_level: str = "warning",
+    graphs: str | None = None,
 ) -> int:
     """Serve the page at `/` and the REST API under `/v1` until Ctrl-C or SIGTERM."""
     sock = bind(host, port)
@@ -79,7 +80,7 @@ def serve(
             os.environ.setdefault(key, value)
         os.environ["GRADIO_TEMP_DIR"] = str(work / "gradio")
         os.environ["GRADIO_EXAMPLES_CACHE"] = str(work / "examples_cache")
-        app, service = build(checkpoint, device, precision, concurrency, queue_size, limits, examples, work)
+        app, service = build(checkpoint, device, precision, concurrency, queue_size, limits, examples, work, graphs)
         url = url_of(sock)
         asyncio.run(_run(app, sock, url, service, log_level))
     except KeyboardInterrupt:
@@ -93,7 +94,7 @@ def serve(
 
 
 def build(checkpoint: str | Path | None, device: str, precision: str, concurrency: int, queue_size: int,
-          limits: Limits | None, examples: int, work: Path) -> tuple[Any, SegmentService]:
+          limits: Limits | None, examples: int, work: Path, graphs: str | None = None) -> tuple[Any, SegmentService]:
     """The model, the examples shown on the page, the page and the app."""
     # Imported here, after `serve` set the environment: Gradio reads some of it at import.
     from lavt.serve.app import create_app
@@ -102,7 +103,7 @@ def build(checkpoint: str | Path | None, device: str, precision: str, concurrenc
 
     print("lavt serve: loading the model ...", flush=True)
     service = SegmentService.load(checkpoint, device=device, precision=precision, limits=limits,
-                                  concurrency=concurrency, queue_size=queue_size)
+                                  concurrency=concurrency, queue_size=queue_size, graphs=graphs)
     print(f"lavt serve: {service.info['architecture']} from {service.info['checkpoint']} "
           f"on {service.info['device']} ({service.info['precision']})", flush=True)
     chosen = make_examples(service, work / "examples", count=examples) if examples > 0 else []

@@ -58,7 +58,7 @@ def legend_html(labels: Sequence[str]) -> str:
 def model_markdown(service: SegmentService) -> str:
     info = service.info
     return (
-        f"**Model:** `{info['name']}`: {info['architecture']}; {info['image_size']} px input, "
+        f"**Model:** `{info['name']}`: {info['architecture']}; {'x'.join(map(str, info['input_size']))} px input, "
         f"{info['parameters'] / 1e6:.1f} M parameters with the text encoder  \n"
         f"**Checkpoint:** `{info['checkpoint']}`  \n"
         f"**Device:** {info['device']} · **Precision:** {info['precision']}  \n"

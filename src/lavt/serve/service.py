@@ -83,6 +83,7 @@ def describe_model(predictor: Predictor, checkpoint: str) -> dict[str, Any]:
         "checkpoint": str(checkpoint),
         "architecture": f"LAVT, {swin}, PWAM ({cfg.fusion}, norm {cfg.pwam_norm}), {text}",
         "image_size": predictor.image_size,
+        "input_size": list(predictor.input_size),  # (height, width): differs from the square for a non-square export
         "max_tokens": getattr(predictor.tokenizer, "max_tokens", cfg.max_tokens),
         "parameters": int(predictor.model.num_parameters()),  # also for an exported model (lavt.onnx_module)
         "device": str(predictor.device),
@@ -103,13 +104,14 @@ class SegmentService:
 
     @classmethod
     def load(cls, checkpoint: str | Path | None = None, device: str = "auto", precision: str = "fp32",
-             limits: Limits | None = None, concurrency: int = 1, queue_size: int = 32) -> SegmentService:
-        """Load `checkpoint` (anything `Predictor.from_pretrained` takes; None: the shipped demo model)."""
+             limits: Limits | None = None, concurrency: int = 1, queue_size: int = 32, graphs: str | None = None) -> SegmentService:
+        """Load `checkpoint` (anything `Predictor.from_pretrained` takes; None: the shipped demo
+        model); `graphs` picks an exported folder's float32 or int8 graphs."""
         source = Path(checkpoint) if checkpoint is not None else shipped_model_dir()
         device = resolve_device(device)
         gate = Gate(concurrency, queue_size)  # checks its arguments before the slow load
         try:
-            predictor = Predictor.from_pretrained(source, device=device, precision=precision)
+            predictor = Predictor.from_pretrained(source, device=device, precision=precision, graphs=graphs)
         except RuntimeError as exc:  # e.g. an unavailable CUDA device
             raise LAVTUserError(f"could not load the model on {device}: {str(exc).splitlines()[0]}") from exc
         return cls(predictor, str(source), limits, gate)
