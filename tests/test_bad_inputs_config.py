@@ -32,6 +32,7 @@ from lavt.cli import main
 from lavt.engine.config import load_train_config
 from lavt.errors import LAVTUserError
 from lavt.models import LAVT, build_config
+from onnx_helpers import tiny_export
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +112,9 @@ CASES = [
     Case("--data-root missing", r"data root .*nowhere does not exist", lambda d, e: ["--data-root", str(d / "nowhere")]),
     Case("--init-from missing", r"init_from .*absent does not exist; give an existing path",
          lambda d, e: ["--init-from", str(d / "absent")]),
+    Case("--init-from an exported (ONNX) folder", r"--init-from .* is an exported \(ONNX\) folder: its graphs are for inference, "
+         r"they hold no trainable weights; give the model folder it was exported from",
+         lambda d, e: ["--init-from", str(tiny_export(e["root"]))]),
     Case("--output-dir is a file", r"output_dir .*taken is a file, not a folder; choose another path",
          lambda d, e: ["--output-dir", str(write(d, "taken", "x"))]),
     Case("--output-dir cannot be created (a file is in the way)", r"output_dir .*taken/run cannot be created: .*taken is a file",

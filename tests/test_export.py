@@ -267,3 +267,19 @@ def test_graphs_switch_picks_float32_or_int8(root, tmp_path, capsys):
         err = capsys.readouterr().err
         if message:
             assert message in err and "Traceback" not in err, err
+
+
+def test_an_exported_folder_where_torch_weights_are_needed(root, tmp_path, capsys):
+    """`lavt demo --model` and `--train --init` given an exported folder: one line that says to
+    give the torch folder, nothing written."""
+    from helpers import one_error_line
+
+    folder = tiny_export(root)
+    for argv, phrase in [
+        (["demo", "--model", str(folder), "--out", str(tmp_path / "a")], r"is an exported \(ONNX\) folder; lavt demo scores torch models"),
+        (["demo", "--train", "--quick", "--init", str(folder), "--out", str(tmp_path / "b")],
+         r"--init .* is an exported \(ONNX\) folder: its graphs are for inference"),
+    ]:
+        assert main(argv) == 2
+        one_error_line(capsys.readouterr().err, phrase)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -55,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
               f"{result['example_max_abs']:.3g} on a generated scene (logits up to "
               f"{max(result['random_logit_scale'], result['example_logit_scale']):.3g}; argmax differs on "
               f"{100 * max(result['random_mask_mismatch'], result['example_mask_mismatch']):.3f}% of pixels)")
+        if "random_no_target_max_abs" in result:
+            print(f"{precision}: no-target head logit difference {result['random_no_target_max_abs']:.3g} on random inputs, "
+                  f"{result['example_no_target_max_abs']:.3g} on the scene")
     for name, size in report.files.items():
         print(f"  {name}: {size / 1e6:.1f} MB")
     print(f"wrote {report.folder} in {report.seconds:.1f} s")

@@ -18,6 +18,7 @@ from typing import Any
 from lavt.data.synthref import KINDS
 from lavt.demo import shipped_model_dir
 from lavt.errors import LAVTUserError
+from lavt.runtime.folder import refuse_export_folder
 
 # Architecture options: without a value they take the --init model's (from its config.json),
 # else the recipe's defaults.
@@ -182,6 +183,7 @@ class DemoRecipe:
 
 def init_architecture(folder: Path) -> dict[str, Any]:
     """The architecture options of the demo model in `folder` (its config.json)."""
+    refuse_export_folder(folder, "--init")
     path = folder / "config.json"
     if not path.is_file():
         raise LAVTUserError(

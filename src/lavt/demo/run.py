@@ -32,6 +32,7 @@ from lavt.demo.trainer import train_demo
 from lavt.demo.warmstart import check_recipe
 from lavt.engine.report import metrics_table
 from lavt.errors import LAVTUserError
+from lavt.runtime.folder import is_export_folder
 from lavt.visualize import plot_training
 
 EVAL_SEED = 20261127  # fresh scenes: the shipped model was trained on data seeds 0-7
@@ -92,8 +93,13 @@ def run_demo(
 ) -> dict[str, Any]:
     """Evaluate a demo model (default: the shipped one) on fresh scenes (generalised ones with
     `generalized`); copy it to out/model."""
-    out.mkdir(parents=True, exist_ok=True)
     source = Path(model) if model else shipped_model_dir()
+    if is_export_folder(source):  # the demo's scoring feeds the text encoder's features to the model
+        raise LAVTUserError(
+            f"--model {source} is an exported (ONNX) folder; lavt demo scores torch models. Score the export with "
+            f"lavt evaluate -c {source} on a generated set (lavt data synth), or give the folder it was exported from"
+        )
+    out.mkdir(parents=True, exist_ok=True)
     if generalized:
         results = evaluate_generalized_demo(source, out, seed, images, precision)
     else:

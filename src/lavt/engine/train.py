@@ -58,6 +58,7 @@ from lavt.errors import LAVTUserError
 from lavt.loading import default_tokenizer, load_model
 from lavt.models import LAVT, LAVTConfig, build_config, load_state_strict, load_swin_pretrained, load_text_encoder
 from lavt.models.text_encoder import bert_config_dict
+from lavt.runtime.folder import refuse_export_folder
 
 CONFIG_NAME = "config.yaml"
 
@@ -102,6 +103,7 @@ def build_model(config: TrainConfig) -> tuple[nn.Module, Any, dict[str, Any]]:
         overrides["use_checkpoint"] = True
     notes: dict[str, Any] = {}
     if config.init_from:
+        refuse_export_folder(config.init_from, "--init-from")
         loaded = load_model(config.init_from)
         cfg_dict = loaded.model.config.to_dict()
         cfg_dict.update(overrides)
