@@ -30,7 +30,7 @@ def _conv_graph(c_in, c_out, size, bias=True, seed=0, **attrs):
     if bias:
         inits.append(numpy_helper.from_array(rng.standard_normal(c_out).astype(np.float32), "b"))
         inputs.append("b")
-    attrs = {"kernel_shape": k, "pads": [1, 1, 1, 1], **attrs}
+    attrs = {key: value for key, value in {"kernel_shape": k, "pads": [1, 1, 1, 1], **attrs}.items() if value is not None}
     nodes = [helper.make_node("Conv", inputs, ["c"], name="conv", **attrs), helper.make_node("Relu", ["c"], ["y"], name="relu")]
     graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", c_in, *size])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
@@ -75,6 +75,7 @@ def test_rewrite_equals_onnxruntime_conv(c_in, c_out, size, m, bias):
         ({"group": 2}, 32, 32),
         ({"kernel_shape": [1, 1], "pads": [0, 0, 0, 0]}, 32, 32),
         ({"pads": [0, 0, 0, 0]}, 32, 32),
+        ({"auto_pad": "SAME_UPPER", "pads": None}, 32, 32),  # padding by rule, not by the pads attribute
         ({}, 32, 8),  # below the channel threshold
     ],
 )

@@ -41,7 +41,9 @@ def winograd_applies(node: Any, weight: np.ndarray | None, min_channels: int = M
     of at least `min_channels` input and output channels."""
     if node.op_type != "Conv" or weight is None or weight.ndim != 4 or weight.dtype != np.float32:
         return False
-    attrs = {a.name: list(a.ints) if a.ints else a.i for a in node.attribute}
+    from onnx import helper
+
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     return (
         tuple(weight.shape[2:]) == (3, 3)
         and attrs.get("kernel_shape", [3, 3]) == [3, 3]
@@ -49,7 +51,7 @@ def winograd_applies(node: Any, weight: np.ndarray | None, min_channels: int = M
         and attrs.get("strides", [1, 1]) == [1, 1]
         and attrs.get("dilations", [1, 1]) == [1, 1]
         and attrs.get("group", 1) == 1
-        and attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET", 0)
+        and attrs.get("auto_pad", b"NOTSET") == b"NOTSET"
         and min(weight.shape[:2]) >= min_channels
     )
 
