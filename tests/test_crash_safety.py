@@ -315,6 +315,22 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(env: dict[str, Path]) -> No
     assert not list(out.glob(f".{ckpt_io.CHECKPOINT_NAME}.*"))
 
 
+def test_sigterm_stops_as_ctrl_c_does_then_resumes(env: dict[str, Path], reference: Path) -> None:
+    """A scheduler's SIGTERM (preemption): exit 143 with the same message, the last checkpoint
+    whole, and `--resume auto` ends equal to the uninterrupted run."""
+    config, out = _config_file(env, "sigterm")
+    log = env["base"] / "sigterm.err"
+    proc = _start(config, log)
+    _wait_for(proc, _logged_step(out, 5), log)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(TIMEOUT) == 143
+    err = _one_line(log.read_text(), "interrupted: training stopped by SIGTERM at epoch 2, optimiser step ")
+    assert f"the last good checkpoint is {out / ckpt_io.CHECKPOINT_NAME} (after epoch 1)" in err and "--resume auto" in err
+    assert not list(out.glob(f".{ckpt_io.CHECKPOINT_NAME}.*"))
+    assert main(["train", "--config", str(config), "--resume", "auto"]) == 0
+    _assert_same_state(out, reference)
+
+
 def test_a_log_line_cut_by_a_kill_does_not_swallow_the_next_record(tmp_path: Path) -> None:
     from lavt.engine.runlog import RunLog
 

@@ -43,5 +43,5 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as exc:  # a command may say where it stopped and how to go on
         print(f"interrupted: {exc}" if str(exc) else "interrupted", file=sys.stderr)
-        return 130
+        return int(getattr(exc, "exit_code", 130))
     return int(code or 0)

@@ -30,8 +30,11 @@ The pieces live beside this module: the step and the epoch in `loop`, samplers a
 from __future__ import annotations
 
 import random
+import signal
+import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,8 +69,31 @@ __all__ = ["TrainEvent", "TrainResult", "TrainingDiverged", "TrainingInterrupted
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during `train`: the message says where the run stopped, which checkpoint is
-    the last good one and how to go on."""
+    """Ctrl-C or SIGTERM during `train`: the message says where the run stopped, which
+    checkpoint is the last good one and how to go on; `exit_code` is the shell's for the signal."""
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class _Terminated(KeyboardInterrupt):
+    """Raised in the main thread by SIGTERM while `train` runs."""
+
+
+def _sigterm_stops_training() -> Callable[[], None]:
+    """SIGTERM (a scheduler preempting the job, `kill`, torchrun passing it on) stops training
+    as Ctrl-C does, with the same message; checkpoints are written to a temporary name and
+    renamed, so a stop during a write leaves the previous one whole. Returns what puts the
+    previous handler back. Only from the main thread, where Python delivers signals."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def stop(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass
@@ -342,6 +368,7 @@ def _run(config: TrainConfig, env: DistEnv, callback: Callback | None) -> TrainR
     best_dir, last_dir = out / ckpt_io.BEST_DIR, out / ckpt_io.LAST_DIR
     completed = start_epoch  # epochs finished and checkpointed
     saved = start_epoch if resumed is not None else None  # the epochs checkpoint.pt holds
+    restore_sigterm = _sigterm_stops_training()
     try:
         for epoch in range(start_epoch, config.epochs):
             state.epoch = epoch
@@ -399,10 +426,13 @@ def _run(config: TrainConfig, env: DistEnv, callback: Callback | None) -> TrainR
                     state.stop = True
                     break
     except KeyboardInterrupt as exc:
+        how = "by SIGTERM " if isinstance(exc, _Terminated) else ""
         raise TrainingInterrupted(
-            f"training stopped at epoch {state.epoch + 1}, optimiser step {state.global_step}; {_last_good(checkpoint_path, saved)}"
+            f"training stopped {how}at epoch {state.epoch + 1}, optimiser step {state.global_step}; {_last_good(checkpoint_path, saved)}",
+            exit_code=143 if isinstance(exc, _Terminated) else 130,
         ) from exc
     finally:
+        restore_sigterm()
         log.close()
 
     if state.stop and env.is_main:
