@@ -353,3 +353,24 @@ def test_previous_checkpoint_without_hard_links(tmp_path: Path, monkeypatch: pyt
     prev = ckpt_io.load_checkpoint(tmp_path / "checkpoint.prev.pt")
     assert prev["epoch"] == 0 and torch.equal(prev["w"], torch.arange(3.0))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.prev.pt", "checkpoint.pt"]
+
+
+def test_a_kill_between_the_model_folder_renames_loses_nothing(tmp_path: Path) -> None:
+    """`save_model_folder` swaps model_best/ by two renames; a kill between them leaves the
+    previous folder as .model_best.old and a new one as .model_best.tmp. The next run's start
+    puts the previous one back (never deletes it) and drops the half-written one."""
+    from helpers import tiny_config
+    from lavt.models import LAVT
+
+    torch.manual_seed(0)
+    run = tmp_path / "run"
+    best = ckpt_io.save_model_folder(LAVT(tiny_config()), run / ckpt_io.BEST_DIR)
+    before = {p.name: p.read_bytes() for p in best.iterdir()}
+    os.replace(best, run / f".{ckpt_io.BEST_DIR}.old")  # the first rename, then the kill
+    (run / f".{ckpt_io.BEST_DIR}.tmp").mkdir()
+    (run / f".{ckpt_io.BEST_DIR}.tmp" / "config.json").write_text("{")  # half written
+    ckpt_io.remove_stale_temporaries(run)
+    assert {p.name: p.read_bytes() for p in best.iterdir()} == before
+    assert sorted(p.name for p in run.iterdir()) == [ckpt_io.BEST_DIR]
+    ckpt_io.remove_stale_temporaries(run)  # nothing to do: the folder in place is left alone
+    assert {p.name: p.read_bytes() for p in best.iterdir()} == before

@@ -118,13 +118,33 @@ def save_training_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
 
 
 def remove_stale_temporaries(folder: str | Path) -> None:
-    """Delete the temporary files a killed run left in its run folder."""
+    """Delete the temporary files a killed run left in its run folder, and put back a model
+    folder that a kill left renamed aside (`recover_model_folder`)."""
     folder = Path(folder)
     if not folder.is_dir():
         return
     for p in folder.glob(f".{CHECKPOINT_NAME}.*"):
         if p.is_file():
             p.unlink()
+    for name in (BEST_DIR, LAST_DIR):
+        recover_model_folder(folder / name)
+
+
+def _swap_names(folder: Path) -> tuple[Path, Path]:
+    return folder.with_name(f".{folder.name}.tmp"), folder.with_name(f".{folder.name}.old")
+
+
+def recover_model_folder(folder: str | Path) -> None:
+    """After a kill during `save_model_folder`'s two renames: the previous folder, renamed to
+    `.NAME.old`, goes back to NAME when NAME is missing; the half-written `.NAME.tmp` is
+    deleted. A folder already in place is never touched."""
+    folder = Path(folder)
+    tmp, old = _swap_names(folder)
+    if not folder.exists() and old.is_dir():
+        os.replace(old, folder)
+    for p in (tmp, old):
+        if p.exists():
+            shutil.rmtree(p)
 
 
 def is_no_space(exc: BaseException) -> bool:
@@ -133,13 +153,11 @@ def is_no_space(exc: BaseException) -> bool:
 
 
 def save_model_folder(model: torch.nn.Module, folder: str | Path, tokenizer: Any = None) -> Path:
-    """`model.save_pretrained` into a fresh folder, swapped in place of `folder` by renames."""
+    """`model.save_pretrained` into a fresh folder, swapped in place of `folder` by two renames
+    (folder -> .old, .tmp -> folder); a kill between them is undone by `recover_model_folder`."""
     folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    old = folder.with_name(f".{folder.name}.old")
-    for p in (tmp, old):
-        if p.exists():
-            shutil.rmtree(p)
+    recover_model_folder(folder)
+    tmp, old = _swap_names(folder)
     config = getattr(model, "config", None)
     checkpointing = getattr(config, "use_checkpoint", False)
     if checkpointing:  # a training-time memory setting, not part of the saved model
