@@ -74,8 +74,11 @@ def _start(config: Path, log: Path, **extra_env: str) -> subprocess.Popen:
     """`lavt train --config` in its own session, single-threaded, stderr to `log`."""
     proc_env = {**os.environ, "OMP_NUM_THREADS": "1", **extra_env}
     with open(log, "wb") as err:
+        # SIGINT back to its default: a shell starts background jobs (a CI script's `&`) with it
+        # ignored, children inherit that, and Python then installs no KeyboardInterrupt handler
         return subprocess.Popen([sys.executable, "-m", "lavt", "train", "--config", str(config)],
-                                stdout=subprocess.DEVNULL, stderr=err, env=proc_env, start_new_session=True)
+                                stdout=subprocess.DEVNULL, stderr=err, env=proc_env, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for(proc: subprocess.Popen, ready, log: Path) -> None:

@@ -30,11 +30,8 @@ The pieces live beside this module: the step and the epoch in `loop`, samplers a
 from __future__ import annotations
 
 import random
-import signal
-import threading
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +54,7 @@ from lavt.engine.memory import keep_freed_memory
 from lavt.engine.optim import build_optimizer, build_scheduler, freeze_untrained_text_layers
 from lavt.engine.runlog import LOG_NAME, PLOT_NAME, RunLog, plot_curves
 from lavt.engine.samplers import GlobalBatchSampler, ShardSampler, collate
+from lavt.engine.stopping import Terminated, TrainingInterrupted, last_good, sigterm_stops_training, write_failure
 from lavt.errors import LAVTUserError
 from lavt.loading import default_tokenizer, load_model
 from lavt.models import LAVT, LAVTConfig, build_config, load_state_strict, load_swin_pretrained, load_text_encoder
@@ -66,34 +64,6 @@ from lavt.runtime.folder import refuse_export_folder
 CONFIG_NAME = "config.yaml"
 
 __all__ = ["TrainEvent", "TrainResult", "TrainingDiverged", "TrainingInterrupted", "build_datasets", "build_model", "train"]
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM during `train`: the message says where the run stopped, which
-    checkpoint is the last good one and how to go on; `exit_code` is the shell's for the signal."""
-
-    def __init__(self, message: str, exit_code: int = 130) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-class _Terminated(KeyboardInterrupt):
-    """Raised in the main thread by SIGTERM while `train` runs."""
-
-
-def _sigterm_stops_training() -> Callable[[], None]:
-    """SIGTERM (a scheduler preempting the job, `kill`, torchrun passing it on) stops training
-    as Ctrl-C does, with the same message; checkpoints are written to a temporary name and
-    renamed, so a stop during a write leaves the previous one whole. Returns what puts the
-    previous handler back. Only from the main thread, where Python delivers signals."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-
-    def stop(signum: int, frame: Any) -> None:
-        raise _Terminated()
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass
@@ -239,25 +209,6 @@ def _restore(resumed: dict[str, Any], path: Path, step: TrainStep, config: Train
     return int(resumed["epoch"]) + 1, int(resumed["global_step"]), dict(resumed["best"]), list(resumed["history"])
 
 
-def _last_good(checkpoint: Path, saved: int | None) -> str:
-    if saved is None:
-        return "no checkpoint had been written yet: run the same command again to start over"
-    return f"the last good checkpoint is {checkpoint} (after epoch {saved}): run the same command with --resume auto to continue"
-
-
-def _write_failure(exc: OSError, epoch: int, out: Path, checkpoint: Path, saved: int | None) -> str:
-    """The one-line message for a checkpoint that could not be written (a full disk most often)."""
-    full = ckpt_io.is_no_space(exc)
-    reason = "no space left on the device" if full else (exc.strerror or str(exc) or type(exc).__name__)
-    kept = (
-        f"the last good checkpoint {checkpoint} (after epoch {saved}) is intact and loadable"
-        if saved is not None
-        else "no checkpoint had been written yet"
-    )
-    fix = "free some space" if full else "make the folder writable"
-    return f"could not write the checkpoint of epoch {epoch} in {out}: {reason}; {kept}; {fix} and run the same command with --resume auto"
-
-
 # ---------------------------------------------------------------------------------------
 # the whole run
 
@@ -368,7 +319,7 @@ def _run(config: TrainConfig, env: DistEnv, callback: Callback | None) -> TrainR
     best_dir, last_dir = out / ckpt_io.BEST_DIR, out / ckpt_io.LAST_DIR
     completed = start_epoch  # epochs finished and checkpointed
     saved = start_epoch if resumed is not None else None  # the epochs checkpoint.pt holds
-    restore_sigterm = _sigterm_stops_training()
+    restore_sigterm = sigterm_stops_training()
     try:
         for epoch in range(start_epoch, config.epochs):
             state.epoch = epoch
@@ -415,7 +366,7 @@ def _run(config: TrainConfig, env: DistEnv, callback: Callback | None) -> TrainR
                     if config.plot:
                         plot_curves(out / LOG_NAME, out / PLOT_NAME)
                 except OSError as exc:
-                    raise LAVTUserError(_write_failure(exc, epoch + 1, out, checkpoint_path, saved)) from exc
+                    raise LAVTUserError(write_failure(exc, epoch + 1, out, checkpoint_path, saved)) from exc
             barrier(env)
             completed = epoch + 1
             if callback is not None:
@@ -426,10 +377,10 @@ def _run(config: TrainConfig, env: DistEnv, callback: Callback | None) -> TrainR
                     state.stop = True
                     break
     except KeyboardInterrupt as exc:
-        how = "by SIGTERM " if isinstance(exc, _Terminated) else ""
+        how = "by SIGTERM " if isinstance(exc, Terminated) else ""
         raise TrainingInterrupted(
-            f"training stopped {how}at epoch {state.epoch + 1}, optimiser step {state.global_step}; {_last_good(checkpoint_path, saved)}",
-            exit_code=143 if isinstance(exc, _Terminated) else 130,
+            f"training stopped {how}at epoch {state.epoch + 1}, optimiser step {state.global_step}; {last_good(checkpoint_path, saved)}",
+            exit_code=143 if isinstance(exc, Terminated) else 130,
         ) from exc
     finally:
         restore_sigterm()
