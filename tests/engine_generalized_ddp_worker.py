@@ -1,7 +1,7 @@
 """Run under `torchrun --nproc_per_node 2` by test_engine_generalized.py (gloo, CPU).
 
 argv[1] is a JSON file: {"data_root", "text_dir", "init_from", "out", "eval_json", "pick_json"}. Trains
-the no-target head for two optimiser steps of total batch 4 (2 per process), then evaluates the
+the no-target head for two optimiser steps of total batch 4 (2 per process) and validates, then evaluates the
 result and picks an area threshold with the expressions sharded over the processes.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ def main() -> None:
     assert env.world_size == 2 and env.backend == "gloo"
     train(tiny_train_config(
         Path(args["data_root"]), Path(args["text_dir"]), Path(args["out"]), dataset="synthgref", epochs=1, steps_per_epoch=2,
-        val_split=None, max_images=12, device="cpu", init_from=args["init_from"],
+        val_max_images=2, max_images=12, device="cpu", init_from=args["init_from"],
         model_overrides={**TINY_MODEL, "no_target": "head"}, no_target_loss_weight=1.0,
     ))
     common = dict(data_root=args["data_root"], dataset="synthgref", split="val", num_workers=0, progress=False, device="cpu")

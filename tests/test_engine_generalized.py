@@ -55,6 +55,23 @@ def test_a_classic_model_learns_the_head(runs: dict[str, Path]) -> None:
     assert any(not torch.equal(classic.state_dict()[k], head.state_dict()[k]) for k in shared)
 
 
+def _epochs(run: Path) -> list[dict]:
+    return [r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if r["event"] == "epoch"]
+
+
+def test_validation_scores_the_decisions_and_model_best_follows_giou(runs: dict[str, Path]) -> None:
+    """With a no-target head, validation on the generalised split adds ReLA's gIoU, cIoU, N-acc
+    and T-acc, and model_best is chosen by gIoU; a classic model there is chosen by oIoU."""
+    head = _epochs(runs["base"] / "head")[-1]
+    assert {"gIoU", "cIoU", "N-acc", "T-acc", "no_target", "oIoU"} <= head["val"].keys()
+    assert 0 < head["val"]["no_target"] < head["val"]["expressions"]
+    assert 0.0 <= head["val"]["gIoU"] <= 100.0
+    assert head["best"] == {"metric": "gIoU", "score": head["val"]["gIoU"], "epoch": 1, "oIoU": head["val"]["oIoU"]}
+    classic = _epochs(runs["base"] / "classic")[-1]
+    assert "gIoU" not in classic["val"] and classic["best"]["metric"] == "oIoU"
+    assert classic["best"]["score"] == classic["val"]["oIoU"]
+
+
 def test_evaluate_reports_generalised_and_classic_metrics(runs: dict[str, Path], capsys) -> None:
     out = runs["base"] / "eval.json"
     code = main(["evaluate", "-c", str(runs["head"]), "--data-root", str(runs["data"]), "--dataset", "synthgref",
@@ -111,6 +128,9 @@ def test_two_processes_train_and_score_as_one(runs: dict[str, Path]) -> None:
         return [r["loss"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if r["event"] == "train"]
 
     assert losses(base / "ddp") == pytest.approx(losses(base / "head"), rel=1e-5)
+    # the validation's generalised sums are all-reduced: two shards score as one process
+    ddp_val, one_val = _epochs(base / "ddp")[-1]["val"], _epochs(base / "head")[-1]["val"]
+    assert ddp_val.keys() == one_val.keys() and ddp_val == pytest.approx(one_val, abs=1e-3)
     one, two = LAVT.from_pretrained(runs["head"]).state_dict(), LAVT.from_pretrained(base / "ddp" / "model_last").state_dict()
     for key in [k for k in one if k.startswith("no_target_head.")]:
         torch.testing.assert_close(two[key], one[key], rtol=0, atol=1e-5, msg=key)

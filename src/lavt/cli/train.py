@@ -74,6 +74,6 @@ def run(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     best = result.best
-    score = f"best val oIoU {best['oIoU']:.2f} (epoch {best['epoch']})" if best.get("oIoU") is not None else "no validation"
+    score = f"best val {best['metric']} {best['score']:.2f} (epoch {best['epoch']})" if best.get("score") is not None else "no validation"
     print(f"trained {result.epochs_completed} epoch(s), {result.global_step} steps, {score}; outputs in {result.output_dir}")
     return 0

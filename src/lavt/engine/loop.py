@@ -32,7 +32,8 @@ from lavt.engine.losses import SegmentationLoss
 from lavt.engine.optim import PolyWarmupLR
 from lavt.engine.samplers import to_device
 from lavt.errors import LAVTUserError
-from lavt.metrics import ReferringMetrics
+from lavt.metrics import GeneralizedReferringMetrics, ReferringMetrics
+from lavt.models.no_target import decide
 from lavt.precision import autocast
 
 LOCAL = DistEnv()  # one process on the CPU
@@ -346,26 +347,42 @@ def train_one_epoch(
 @torch.no_grad()
 def validate(model: nn.Module, loader: DataLoader, env: DistEnv, precision: str = "fp32", progress: bool = False) -> dict[str, float]:
     """oIoU/mIoU/P@t at the training resolution over the loader's items, all processes
-    together (sums all-reduced). The official training validation: one expression per object."""
+    together (sums all-reduced). The official training validation: one expression per object.
+    On a generalised split (items labelled `no_target`) with a model that decides "no target"
+    (head or area rule), also ReLA's gIoU, cIoU, N-acc and T-acc of those decisions."""
     net = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     was_training = net.training
     net.eval()
     metrics = ReferringMetrics()
+    generalized = GeneralizedReferringMetrics()
+    cfg = net.config
+    head = cfg.no_target == "head"
     bar = progress_bar(len(loader), "validate", progress and env.is_main)
     for batch in loader:
         batch = to_device(batch, env.device)
         with autocast(precision, env.device):
-            logits = forward_batch(net, batch)
-        metrics.update_batch(logits.argmax(1), batch["mask"])
+            out = forward_batch(net, batch, return_no_target=head)
+        logits, nt_logit = out if head else (out, None)
+        preds = logits.argmax(1)
+        metrics.update_batch(preds, batch["mask"])
+        decision = decide(cfg.no_target, cfg.no_target_threshold, preds.bool(), nt_logit) if "no_target" in batch else None
+        if decision is not None:
+            for pred, gt, pred_nt, gt_nt in zip(preds, batch["mask"], decision[0].tolist(), batch["no_target"].tolist()):
+                generalized.update(pred, gt, pred_no_target=pred_nt, gt_no_target=gt_nt)
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
     metrics.all_reduce(env.device)
+    generalized.all_reduce(env.device)
     net.train(was_training)
     if metrics.count == 0:
         raise LAVTUserError("the validation split has no expressions to score")
-    return {**metrics.compute(), "expressions": metrics.count}
+    out = {**metrics.compute(), "expressions": metrics.count}
+    if generalized.count:
+        g = generalized.compute()
+        out.update({k: g[k] for k in ("gIoU", "cIoU", "N-acc", "T-acc")}, no_target=g["no_target"])
+    return out
 
 
 def progress_bar(total: float, desc: str, enabled: bool, **options: Any) -> tqdm | None:

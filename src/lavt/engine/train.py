@@ -206,7 +206,10 @@ def _restore(resumed: dict[str, Any], path: Path, step: TrainStep, config: Train
             stacklevel=3,
         )
     ckpt_io.restore_rng_state(rngs[env.rank] if env.rank < len(rngs) else rngs[0])
-    return int(resumed["epoch"]) + 1, int(resumed["global_step"]), dict(resumed["best"]), list(resumed["history"])
+    best = dict(resumed["best"])
+    best.setdefault("metric", "oIoU")  # checkpoints of earlier versions: selected by oIoU
+    best.setdefault("score", best.get("oIoU"))
+    return int(resumed["epoch"]) + 1, int(resumed["global_step"]), best, list(resumed["history"])
 
 
 # ---------------------------------------------------------------------------------------
@@ -284,7 +287,7 @@ def _run(config: TrainConfig, env: DistEnv, callback: Callback | None) -> TrainR
     )
 
     state = RunState(total_steps=total_steps, epochs=config.epochs)
-    start_epoch, best, history = 0, {"oIoU": None, "epoch": None}, []
+    start_epoch, best, history = 0, {"metric": None, "score": None, "epoch": None, "oIoU": None}, []
     if resumed is not None:
         start_epoch, state.global_step, best, history = _restore(resumed, resume_path, step, config, env)
     else:
@@ -338,10 +341,12 @@ def _run(config: TrainConfig, env: DistEnv, callback: Callback | None) -> TrainR
             if state.stop:
                 break
             val = validate(model, val_loader, env, config.precision, config.progress) if val_loader is not None else None
-            score = val["oIoU"] if val is not None else None
-            improved = val is None or best["oIoU"] is None or score > best["oIoU"]
+            # model_best by ReLA's gIoU where validation scores no-target decisions, else by oIoU
+            metric = "gIoU" if val is not None and "gIoU" in val else "oIoU"
+            score = val[metric] if val is not None else None
+            improved = val is None or best["score"] is None or score > best["score"]
             if improved:
-                best = {"oIoU": score, "epoch": epoch + 1}
+                best = {"metric": metric, "score": score, "epoch": epoch + 1, "oIoU": val["oIoU"] if val else None}
             record = {
                 "event": "epoch", "epoch": epoch + 1, "step": state.global_step, "train_loss": stats["train_loss"],
                 "val": val, "best": dict(best), "seconds": time.time() - t_epoch,
