@@ -90,3 +90,28 @@ def test_classic_model_makes_no_decision(tmp_path):
     assert [(r.no_target, r.no_target_probability) for r in OnnxPredictor(report.folder).predict(_image(), TEXTS)] == [(None, None)] * 3
     logits, no_target = OnnxModel(report.folder).logits(*_feeds(), return_no_target=True)
     assert no_target is None and logits.shape == (3, 2, 48, 48)
+
+
+def test_evaluate_runs_an_exported_head_on_a_generalised_split(tmp_path):
+    """`lavt evaluate` with the head rule on an exported folder: the same generalised metrics
+    as the torch model it came from."""
+    import json
+
+    from lavt.cli import main
+    from lavt.data.synthref import generate
+    from lavt.data.synthref.language_generalized import generate_generalized
+
+    data = tmp_path / "data"
+    generate(data, seed=0, num_images=6, image_size=(40, 56))
+    generate_generalized(data, seed=0)
+    saved = _saved(tmp_path, "head", no_target="head")
+    folder = export_model(saved, tmp_path / "onnx").folder
+    reports = {}
+    for name, checkpoint in (("torch", saved), ("onnx", folder)):
+        out = tmp_path / f"{name}.json"
+        assert main(["evaluate", "-c", str(checkpoint), "--data-root", str(data), "--dataset", "synthgref", "--split", "train",
+                     "--device", "cpu", "--no-progress", "--json", str(out)]) == 0
+        reports[name] = json.loads(out.read_text())["generalized"]
+    assert reports["onnx"]["no_target"] == reports["torch"]["no_target"] == "head"
+    for key, value in reports["torch"]["metrics"]["official"].items():
+        assert reports["onnx"]["metrics"]["official"][key] == pytest.approx(value, abs=0.5), key

@@ -38,6 +38,7 @@ class OnnxLAVT(nn.Module):
         cfg.update(max_tokens=self.onnx.max_tokens, image_size=h if h == w else max(h, w), use_checkpoint=False)
         self.config = LAVTConfig.from_dict(cfg)
         self.image_hw = (h, w)
+        self.has_no_target_head = self.onnx.has_no_target_head  # its logit is a graph output
         # What the tokenizer checks read: the vocabulary and the token count of the graph.
         te = cfg.get("text_encoder") or {}
         self.text_encoder = (

@@ -248,7 +248,9 @@ def _generalized(config: EvalConfig, model: Any) -> GeneralizedScores:
     """The no-target rule of this evaluation: the config's, else the model's."""
     mode = config.no_target or model.config.no_target
     threshold = model.config.no_target_threshold if config.no_target_threshold is None else config.no_target_threshold
-    if mode == "head" and getattr(model, "no_target_head", None) is None:
+    # a LAVT holds the head as a module; an exported folder (lavt.onnx_module) as a graph output
+    has_head = getattr(model, "no_target_head", None) is not None or getattr(model, "has_no_target_head", False)
+    if mode == "head" and not has_head:
         raise LAVTUserError("no_target=head needs a model with a no-target head (trained with model_overrides.no_target=head); "
                             "use no_target=area with this model")
     if config.pick_no_target_threshold and mode != "area":
