@@ -2,7 +2,9 @@
 
 The CLI turns it into a single line on stderr and exit code 2, never a traceback.
 """
+import importlib.util
 import re
+from collections.abc import Sequence
 
 
 class LAVTUserError(ValueError):
@@ -30,3 +32,11 @@ def describe_load_failure(exc: BaseException) -> str:
         reasons = [line for line in lines[1:] if not line.startswith(("Check the documentation", "Please file an issue", "(", "Weights"))]
         return f"not a valid weights file ({reasons[0] if reasons else 'refused by the weights-only reader'})"
     return lines[0] if lines else type(exc).__name__
+
+
+def require_extra(command: str, extra: str, modules: Sequence[str]) -> None:
+    """One line naming the optional extra that `command` needs when any of `modules` is missing."""
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        raise LAVTUserError(f"{command} needs the '{extra}' extra ({', '.join(missing)} not installed): "
+                            f'pip install "lavt[{extra}]"  (or, in a checkout: .venv/bin/pip install -e ".[{extra}]")')

@@ -2,12 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from pathlib import Path
 
-from lavt.errors import LAVTUserError
-
-ONNX_EXTRA = 'pip install "lavt[onnx]"  (or, in a checkout: .venv/bin/pip install -e ".[onnx]")'
+from lavt.errors import LAVTUserError, require_extra
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,9 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    missing = [name for name in ("onnx", "onnxruntime") if importlib.util.find_spec(name) is None]
-    if missing:
-        raise LAVTUserError(f"lavt export needs the 'onnx' extra ({', '.join(missing)} not installed): {ONNX_EXTRA}")
+    require_extra("lavt export", "onnx", ("onnx", "onnxruntime"))
     if not 7 <= args.opset <= 23:
         raise LAVTUserError(f"--opset must be between 7 and 23, got {args.opset}")
     # imported when the command runs: the exporter loads torch, which `lavt --help` must not wait for

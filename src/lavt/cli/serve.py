@@ -2,12 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from pathlib import Path
 
-from lavt.errors import LAVTUserError
-
-WEB_EXTRA = 'pip install "lavt[web]"  (or, in a checkout: .venv/bin/pip install -e ".[web]")'
+from lavt.errors import LAVTUserError, require_extra
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,9 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    missing = [name for name in ("gradio", "fastapi", "uvicorn") if importlib.util.find_spec(name) is None]
-    if missing:
-        raise LAVTUserError(f"lavt serve needs the 'web' extra ({', '.join(missing)} not installed): {WEB_EXTRA}")
+    require_extra("lavt serve", "web", ("gradio", "fastapi", "uvicorn"))
     if not 0 <= args.port <= 65535:
         raise LAVTUserError(f"--port must be between 0 and 65535, got {args.port}")
     if args.concurrency < 1:
