@@ -20,16 +20,6 @@ from lavt.runtime import OnnxModel, OnnxPredictor
 from onnx_helpers import TOKENS, tiny_export, tiny_model_dir
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return tmp_path_factory.getbasetemp() / "onnx"
-
-
-@pytest.fixture(scope="module")
-def exported(root):
-    return tiny_export(root)
-
-
 def _scene(h=61, w=83, seed=0):
     rng = np.random.default_rng(seed)
     arr = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
@@ -68,8 +58,8 @@ def test_folder_contents_and_config(exported):
 
 
 @pytest.mark.parametrize("batch", [1, 3])
-def test_float32_graph_equals_torch_at_any_batch(root, exported, batch):
-    model = LAVT.from_pretrained(tiny_model_dir(root))
+def test_float32_graph_equals_torch_at_any_batch(onnx_root, exported, batch):
+    model = LAVT.from_pretrained(tiny_model_dir(onnx_root))
     image, ids, mask = _batch(model, batch, seed=batch)
     with torch.no_grad():
         ref = model(image, ids, mask).numpy()
@@ -78,8 +68,8 @@ def test_float32_graph_equals_torch_at_any_batch(root, exported, batch):
     np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
 
 
-def test_predictions_equal_the_torch_predictor(root, exported):
-    torch_p = Predictor.from_pretrained(tiny_model_dir(root))
+def test_predictions_equal_the_torch_predictor(onnx_root, exported):
+    torch_p = Predictor.from_pretrained(tiny_model_dir(onnx_root))
     onnx_p = OnnxPredictor(exported)
     texts = ["the red square", "the thing on the left", "a"]
     ours, ref = onnx_p.predict(_scene(), texts), torch_p.predict(_scene(), texts)
@@ -89,7 +79,7 @@ def test_predictions_equal_the_torch_predictor(root, exported):
         assert (a.mask != b.mask).mean() < 1e-3
 
 
-def test_torch_tools_run_an_exported_folder(root, exported):
+def test_torch_tools_run_an_exported_folder(onnx_root, exported):
     via_onnx = Predictor.from_pretrained(exported)  # loading sees the export and runs onnxruntime
     assert type(via_onnx.model).__name__ == "OnnxLAVT" and via_onnx.tokenizer.max_tokens == TOKENS
     direct = OnnxPredictor(exported)
@@ -99,8 +89,8 @@ def test_torch_tools_run_an_exported_folder(root, exported):
         assert np.array_equal(a.mask, b.mask)
 
 
-def test_split_export_caches_text_features(root, exported):
-    split = tiny_export(root, parts="split")
+def test_split_export_caches_text_features(onnx_root, exported):
+    split = tiny_export(onnx_root, parts="split")
     cfg = json.loads((split / "config.json").read_text())
     assert cfg["graphs"]["float32"] == {"text": "text_encoder.onnx", "vision": "vision.onnx"}
     full_p, split_p = OnnxPredictor(exported), OnnxPredictor(split)
@@ -115,8 +105,8 @@ def test_split_export_caches_text_features(root, exported):
     assert calls == []  # cached: only the vision graph ran
 
 
-def test_split_export_text_features_once_per_distinct_expression(root):
-    split = tiny_export(root, parts="split")
+def test_split_export_text_features_once_per_distinct_expression(onnx_root):
+    split = tiny_export(onnx_root, parts="split")
     small = OnnxPredictor(split, cache_size=1)  # fewer places than distinct expressions in one request
     rows = []
     real = small.model.text_features
@@ -129,8 +119,8 @@ def test_split_export_text_features_once_per_distinct_expression(root):
     np.testing.assert_array_equal(predictions[0].probability, predictions[2].probability)
 
 
-def test_int8_graph_beside_the_float32_one(root):
-    folder = tiny_export(root, quantize="int8")
+def test_int8_graph_beside_the_float32_one(onnx_root):
+    folder = tiny_export(onnx_root, quantize="int8")
     cfg = json.loads((folder / "config.json").read_text())
     assert cfg["precision"] == "int8" and cfg["graphs"]["int8"] == {"full": "model.int8.onnx"}
     assert (folder / "model.onnx").is_file() and (folder / "model.int8.onnx").is_file()
@@ -154,12 +144,12 @@ def test_model_without_text_encoder_exports_the_vision_graph(tmp_path):
         export_model(tmp_path / "m", tmp_path / "e2", parts="split")
 
 
-def test_argument_errors(root, exported):
+def test_argument_errors(onnx_root, exported):
     assert parse_size("480", 1) == (480, 480) and parse_size("100,148", 1) == (100, 148) and parse_size(None, 64) == (64, 64)
     with pytest.raises(LAVTUserError, match="--image-size must be S or H,W"):
         parse_size("big", 1)
     with pytest.raises(LAVTUserError, match="--tokens must be between 2 and the text encoder's 32 positions"):
-        export_model(tiny_model_dir(root), root / "bad", tokens=40)
+        export_model(tiny_model_dir(onnx_root), onnx_root / "bad", tokens=40)
     with pytest.raises(LAVTUserError, match=r"image must be \(B, 3, 48, 48\) for this export"):
         OnnxModel(exported).logits(np.zeros((1, 3, 40, 40), np.float32), np.zeros((1, TOKENS)), np.zeros((1, TOKENS)))
     with pytest.raises(LAVTUserError, match="has no int8 graphs"):
@@ -171,9 +161,9 @@ def test_argument_errors(root, exported):
         check_float32({"random_max_abs": 0.0, "example_max_abs": 9e-4, "example_logit_scale": 80.0}, "DIR")
 
 
-def test_cli_export_then_predict_through_the_folder(root, tmp_path, capsys):
+def test_cli_export_then_predict_through_the_folder(onnx_root, tmp_path, capsys):
     out = tmp_path / "exported"
-    assert main(["export", "-c", str(tiny_model_dir(root)), "--out", str(out), "--tokens", "10"]) == 0
+    assert main(["export", "-c", str(tiny_model_dir(onnx_root)), "--out", str(out), "--tokens", "10"]) == 0
     printed = capsys.readouterr().out
     assert "float32: largest logit difference to torch" in printed and "model.onnx" in printed
     assert json.loads((out / "config.json").read_text())["max_tokens"] == 10
@@ -187,7 +177,7 @@ def test_cli_export_then_predict_through_the_folder(root, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_evaluate_and_serve_run_an_exported_folder(root, exported, tmp_path):
+def test_evaluate_and_serve_run_an_exported_folder(onnx_root, exported, tmp_path):
     from PIL import Image
 
     from helpers import make_synth
@@ -195,9 +185,9 @@ def test_evaluate_and_serve_run_an_exported_folder(root, exported, tmp_path):
 
     data = make_synth(tmp_path / "data", num_images=12)
     reports = {}
-    for name, checkpoint in (("torch", tiny_model_dir(root)), ("onnx", exported)):
+    for name, checkpoint in (("torch", tiny_model_dir(onnx_root)), ("onnx", exported)):
         out = tmp_path / f"{name}.json"
-        assert main(["evaluate", "-c", str(checkpoint), "--data-root", str(data), "--dataset", "synthref", "--split", "train",
+        assert main(["evaluate", "-c", str(checkpoint), "--data-onnx_root", str(data), "--dataset", "synthref", "--split", "train",
                      "--max-images", "4", "--device", "cpu", "--no-progress", "--json", str(out)]) == 0
         reports[name] = json.loads(out.read_text())
     assert reports["onnx"]["checkpoint_kind"] == "onnx" and reports["torch"]["checkpoint_kind"] == "folder"
@@ -210,10 +200,10 @@ def test_evaluate_and_serve_run_an_exported_folder(root, exported, tmp_path):
     direct = OnnxPredictor(exported).predict(_scene(), ["the red square"])[0]
     assert np.array_equal(answer.masks[0], direct.mask)
     assert service.info["config"]["max_tokens"] == TOKENS
-    assert service.info["parameters"] == LAVT.from_pretrained(tiny_model_dir(root)).num_parameters() > 0
+    assert service.info["parameters"] == LAVT.from_pretrained(tiny_model_dir(onnx_root)).num_parameters() > 0
 
 
-def test_non_square_export_through_the_torch_tools(root, tmp_path, capsys):
+def test_non_square_export_through_the_torch_tools(onnx_root, tmp_path, capsys):
     """An H,W export: `lavt predict` and `lavt serve` resize to the graph's own size (masks equal
     the torch-free runtime's); `lavt evaluate`, which resizes to squares, says to export a square."""
     from PIL import Image
@@ -221,7 +211,7 @@ def test_non_square_export_through_the_torch_tools(root, tmp_path, capsys):
     from helpers import make_synth
     from lavt.serve.service import SegmentService
 
-    folder = export_model(tiny_model_dir(root), tmp_path / "wide", image_size="40,56").folder
+    folder = export_model(tiny_model_dir(onnx_root), tmp_path / "wide", image_size="40,56").folder
     predictor = Predictor.from_pretrained(folder)
     assert predictor.input_size == (40, 56)
     got = predictor.predict(_scene(), ["the red square", "the blue thing"])
@@ -232,19 +222,19 @@ def test_non_square_export_through_the_torch_tools(root, tmp_path, capsys):
     assert service.info["input_size"] == [40, 56]
     assert np.array_equal(service.predict(Image.fromarray(_scene()), ["the red square"]).masks[0], want[0].mask)
     data = make_synth(tmp_path / "data", num_images=2)
-    assert main(["evaluate", "-c", str(folder), "--data-root", str(data), "--dataset", "synthref", "--split", "train",
+    assert main(["evaluate", "-c", str(folder), "--data-onnx_root", str(data), "--dataset", "synthref", "--split", "train",
                  "--device", "cpu", "--no-progress"]) == 2
     assert "is an export for 40x56 images" in capsys.readouterr().err
 
 
-def test_graphs_switch_picks_float32_or_int8(root, tmp_path, capsys):
+def test_graphs_switch_picks_float32_or_int8(onnx_root, tmp_path, capsys):
     """`--graphs` (predict, evaluate, serve) runs an int8 folder's float32 graph, refuses graphs a
     folder lacks, and refuses torch models, each with one line that says why."""
     from PIL import Image
 
     from lavt.serve.service import SegmentService
 
-    int8 = tiny_export(root, quantize="int8")
+    int8 = tiny_export(onnx_root, quantize="int8")
     assert Predictor.from_pretrained(int8).model.onnx.precision == "int8"
     as_float = Predictor.from_pretrained(int8, graphs="float32")
     assert as_float.model.onnx.precision == "float32"
@@ -255,11 +245,11 @@ def test_graphs_switch_picks_float32_or_int8(root, tmp_path, capsys):
     scene, out = str(tmp_path / "scene.png"), str(tmp_path / "p")
     cases = [
         (["predict", "-c", str(int8), scene, "the red square", "--out", out, "--graphs", "float32"], 0, None),
-        (["predict", "-c", str(tiny_export(root)), scene, "a", "--out", out, "--graphs", "int8"], 2,
+        (["predict", "-c", str(tiny_export(onnx_root)), scene, "a", "--out", out, "--graphs", "int8"], 2,
          "has no int8 graphs (it has: float32); export with --quantize int8"),
-        (["predict", "-c", str(tiny_model_dir(root)), scene, "a", "--out", out, "--graphs", "int8"], 2,
+        (["predict", "-c", str(tiny_model_dir(onnx_root)), scene, "a", "--out", out, "--graphs", "int8"], 2,
          "picks the graphs of an exported folder"),
-        (["evaluate", "-c", str(int8), "--data-root", str(tmp_path), "--graphs", "int4"], 2,
+        (["evaluate", "-c", str(int8), "--data-onnx_root", str(tmp_path), "--graphs", "int4"], 2,
          "graphs in options must be one of 'float32', 'int8', got 'int4'"),
     ]
     for argv, code, message in cases:
@@ -269,12 +259,12 @@ def test_graphs_switch_picks_float32_or_int8(root, tmp_path, capsys):
             assert message in err and "Traceback" not in err, err
 
 
-def test_an_exported_folder_where_torch_weights_are_needed(root, tmp_path, capsys):
+def test_an_exported_folder_where_torch_weights_are_needed(onnx_root, tmp_path, capsys):
     """`lavt demo --model` and `--train --init` given an exported folder: one line that says to
     give the torch folder, nothing written."""
     from helpers import one_error_line
 
-    folder = tiny_export(root)
+    folder = tiny_export(onnx_root)
     for argv, phrase in [
         (["demo", "--model", str(folder), "--out", str(tmp_path / "a")], r"is an exported \(ONNX\) folder; lavt demo scores torch models"),
         (["demo", "--train", "--quick", "--init", str(folder), "--out", str(tmp_path / "b")],

@@ -21,11 +21,6 @@ from onnx_helpers import tiny_export, tiny_model_dir
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return tmp_path_factory.getbasetemp() / "onnx"
-
-
 def _cache_repo(cache, repo_id, folder, ref="main", commit=COMMIT):
     """Lay `folder` out as huggingface_hub stores a downloaded snapshot: blobs, a snapshot of
     links to them, and refs/<ref> naming the commit."""
@@ -61,8 +56,8 @@ def test_hub_ids_parse():
     assert parse_hub_id("runs/refcoco.pth") is None and parse_hub_id("../x") is None
 
 
-def test_cached_ids_load_offline_and_local_paths_win(root, offline_cache, tmp_path, monkeypatch):
-    saved = tiny_model_dir(root)
+def test_cached_ids_load_offline_and_local_paths_win(onnx_root, offline_cache, tmp_path, monkeypatch):
+    saved = tiny_model_dir(onnx_root)
     snap = _cache_repo(offline_cache, "someorg/lavt-tiny", saved)
     assert resolve_source("someorg/lavt-tiny") == snap
     assert resolve_source(f"someorg/lavt-tiny@{COMMIT}") == snap
@@ -73,15 +68,15 @@ def test_cached_ids_load_offline_and_local_paths_win(root, offline_cache, tmp_pa
     hub_pred = Predictor.from_pretrained("someorg/lavt-tiny").predict(scene, "the red one")[0]
     assert np.array_equal(hub_pred.mask, Predictor.from_pretrained(saved).predict(scene, "the red one")[0].mask)
     # A local folder spelled like the id wins over the cache.
-    other = tiny_model_dir(root, seed=1)
+    other = tiny_model_dir(onnx_root, seed=1)
     monkeypatch.chdir(tmp_path)
     shutil.copytree(other, tmp_path / "someorg" / "lavt-tiny")
     local = LAVT.from_pretrained("someorg/lavt-tiny")
     assert all(torch.equal(a, b) for a, b in zip(local.state_dict().values(), LAVT.from_pretrained(other).state_dict().values()))
 
 
-def test_exported_folder_by_hub_id_in_cli_and_runtime(root, offline_cache, tmp_path, capsys):
-    _cache_repo(offline_cache, "someorg/lavt-tiny-onnx", tiny_export(root))
+def test_exported_folder_by_hub_id_in_cli_and_runtime(onnx_root, offline_cache, tmp_path, capsys):
+    _cache_repo(offline_cache, "someorg/lavt-tiny-onnx", tiny_export(onnx_root))
     assert OnnxPredictor("someorg/lavt-tiny-onnx").image_size == (48, 48)
     from PIL import Image
 
@@ -104,8 +99,8 @@ def test_uncached_id_is_a_clear_error(offline_cache, tmp_path, capsys):
     assert err.startswith("error: ") and "someorg/not-there" in err and err.count("\n") == 1
 
 
-def test_model_cards(root, tmp_path):
-    card = (tiny_model_dir(root) / "README.md").read_text()
+def test_model_cards(onnx_root, tmp_path):
+    card = (tiny_model_dir(onnx_root) / "README.md").read_text()
     meta = yaml.safe_load(card.split("---")[1])
     assert meta["library_name"] == "lavt" and meta["pipeline_tag"] == "image-segmentation"
     assert "referring-image-segmentation" in meta["tags"] and "pytorch" in meta["tags"]
@@ -120,12 +115,12 @@ def test_model_cards(root, tmp_path):
 
     shipped = (shipped_model_dir() / "README.md").read_text()
     assert yaml.safe_load(shipped.split("---")[1])["metrics"] == ["oIoU", "mIoU", "P@0.5", "P@0.9"] and "| oIoU | 85.65 |" in shipped
-    onnx_card = (tiny_export(root) / "README.md").read_text()
+    onnx_card = (tiny_export(onnx_root) / "README.md").read_text()
     assert "onnx" in yaml.safe_load(onnx_card.split("---")[1])["tags"]
     assert "OnnxPredictor" in onnx_card and "largest logit difference to the torch model" in onnx_card
 
 
-def test_push_checks_its_arguments_before_any_upload(root, tmp_path, capsys, monkeypatch):
+def test_push_checks_its_arguments_before_any_upload(onnx_root, tmp_path, capsys, monkeypatch):
     def no_upload(*a, **k):
         raise AssertionError("push must not reach the Hub here")
 
@@ -134,8 +129,8 @@ def test_push_checks_its_arguments_before_any_upload(root, tmp_path, capsys, mon
     cases = [
         ([str(tmp_path / "missing"), "org/name"], "is not a folder"),
         ([str(tmp_path), "org/name"], "holds no LAVT model"),
-        ([str(tiny_model_dir(root)), "just-a-name"], "is not a Hugging Face Hub repo id"),
-        ([str(tiny_model_dir(root)), "org/name@v1"], "is not a Hugging Face Hub repo id"),
+        ([str(tiny_model_dir(onnx_root)), "just-a-name"], "is not a Hugging Face Hub repo id"),
+        ([str(tiny_model_dir(onnx_root)), "org/name@v1"], "is not a Hugging Face Hub repo id"),
     ]
     for args, message in cases:
         assert main(["push", *args]) == 2

@@ -18,7 +18,7 @@ from lavt.errors import LAVTUserError
 from lavt.inference import Predictor
 from lavt.runtime import ExportedTokenizer, OnnxPredictor, is_export_folder, read_export_config
 from lavt.runtime.prediction import resize_bilinear
-from onnx_helpers import TOKENS, tiny_export, tiny_model_dir
+from onnx_helpers import TOKENS, tiny_model_dir
 
 EXPRESSIONS = [
     "the man in the red shirt on the left",
@@ -63,17 +63,7 @@ print(json.dumps({"blocked": blocked, "torch_loaded": any(m.split(".")[0] in ("t
 """
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return tmp_path_factory.getbasetemp() / "onnx"
-
-
-@pytest.fixture(scope="module")
-def exported(root):
-    return tiny_export(root)
-
-
-def test_predicts_in_a_process_where_torch_cannot_be_imported(root, exported, tmp_path):
+def test_predicts_in_a_process_where_torch_cannot_be_imported(onnx_root, exported, tmp_path):
     from PIL import Image
 
     site = tmp_path / "site"
@@ -89,7 +79,7 @@ def test_predicts_in_a_process_where_torch_cannot_be_imported(root, exported, tm
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"blocked": True, "torch_loaded": False}
     got = np.load(tmp_path / "out.npz")
-    ref = Predictor.from_pretrained(tiny_model_dir(root)).predict(arr, ["the red square", "the left one"])
+    ref = Predictor.from_pretrained(tiny_model_dir(onnx_root)).predict(arr, ["the red square", "the left one"])
     np.testing.assert_allclose(got["probs"], np.stack([r.probability for r in ref]), atol=2e-5, rtol=0)
     assert (got["masks"] != np.stack([r.mask for r in ref])).mean() < 1e-3
 
