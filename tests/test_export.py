@@ -187,7 +187,7 @@ def test_evaluate_and_serve_run_an_exported_folder(onnx_root, exported, tmp_path
     reports = {}
     for name, checkpoint in (("torch", tiny_model_dir(onnx_root)), ("onnx", exported)):
         out = tmp_path / f"{name}.json"
-        assert main(["evaluate", "-c", str(checkpoint), "--data-onnx_root", str(data), "--dataset", "synthref", "--split", "train",
+        assert main(["evaluate", "-c", str(checkpoint), "--data-root", str(data), "--dataset", "synthref", "--split", "train",
                      "--max-images", "4", "--device", "cpu", "--no-progress", "--json", str(out)]) == 0
         reports[name] = json.loads(out.read_text())
     assert reports["onnx"]["checkpoint_kind"] == "onnx" and reports["torch"]["checkpoint_kind"] == "folder"
@@ -222,7 +222,7 @@ def test_non_square_export_through_the_torch_tools(onnx_root, tmp_path, capsys):
     assert service.info["input_size"] == [40, 56]
     assert np.array_equal(service.predict(Image.fromarray(_scene()), ["the red square"]).masks[0], want[0].mask)
     data = make_synth(tmp_path / "data", num_images=2)
-    assert main(["evaluate", "-c", str(folder), "--data-onnx_root", str(data), "--dataset", "synthref", "--split", "train",
+    assert main(["evaluate", "-c", str(folder), "--data-root", str(data), "--dataset", "synthref", "--split", "train",
                  "--device", "cpu", "--no-progress"]) == 2
     assert "is an export for 40x56 images" in capsys.readouterr().err
 
@@ -249,7 +249,7 @@ def test_graphs_switch_picks_float32_or_int8(onnx_root, tmp_path, capsys):
          "has no int8 graphs (it has: float32); export with --quantize int8"),
         (["predict", "-c", str(tiny_model_dir(onnx_root)), scene, "a", "--out", out, "--graphs", "int8"], 2,
          "picks the graphs of an exported folder"),
-        (["evaluate", "-c", str(int8), "--data-onnx_root", str(tmp_path), "--graphs", "int4"], 2,
+        (["evaluate", "-c", str(int8), "--data-root", str(tmp_path), "--graphs", "int4"], 2,
          "graphs in options must be one of 'float32', 'int8', got 'int4'"),
     ]
     for argv, code, message in cases:
