@@ -40,7 +40,7 @@ def load_image(image: ImageInput, max_pixels: int | None = MAX_PIXELS) -> Image.
     if isinstance(image, (str, Path)):
         return _read_image_file(Path(image), max_pixels)
     if isinstance(image, Image.Image):
-        return _to_rgb(ImageOps.exif_transpose(image))
+        return _to_rgb(_upright(image))
     if isinstance(image, np.ndarray):
         return _array_to_rgb(image)
     raise LAVTUserError(f"image must be a path, a PIL image or an HxWx3 array, got {type(image).__name__}")
@@ -83,6 +83,12 @@ def _read_image_file(path: Path, max_pixels: int | None) -> Image.Image:
         ) from exc
 
 
+def _upright(im: Image.Image) -> Image.Image:
+    """`im` turned by its EXIF orientation; `im` itself when it needs no turn (exif_transpose
+    would copy it: a full-size copy per request for nothing)."""
+    return ImageOps.exif_transpose(im) if im.getexif().get(0x0112, 1) not in (0, 1) else im
+
+
 def _to_rgb(im: Image.Image) -> Image.Image:
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(im)
@@ -96,7 +102,7 @@ def _to_rgb(im: Image.Image) -> Image.Image:
         rgba = im.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(canvas, rgba).convert("RGB")
-    return im.convert("RGB")
+    return im if im.mode == "RGB" else im.convert("RGB")  # convert("RGB") of an RGB image copies it
 
 
 def _array_to_rgb(arr: np.ndarray) -> Image.Image:
@@ -130,12 +136,15 @@ def image_to_array(
 
     `size` is an int for a square, a (height, width) pair, or None to keep the image size.
     """
-    image = image.convert("RGB")
+    if image.mode != "RGB":
+        image = image.convert("RGB")
     if size is not None:
         height, width = (size, size) if isinstance(size, int) else size
         if image.size != (width, height):
             image = image.resize((width, height), Image.Resampling.BILINEAR)
-    array = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / np.float32(255.0)
-    mean_ = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
-    std_ = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
-    return np.ascontiguousarray((array - mean_) / std_)
+    # in place on the one float copy, channels last, then one transposing copy
+    array = np.asarray(image, dtype=np.float32)
+    array /= np.float32(255.0)
+    array -= np.asarray(mean, dtype=np.float32)
+    array /= np.asarray(std, dtype=np.float32)
+    return np.ascontiguousarray(array.transpose(2, 0, 1))
