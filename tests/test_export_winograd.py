@@ -100,7 +100,11 @@ def test_exported_lavt_keeps_torch_logits_with_winograd(tmp_path, monkeypatch):
     model_dir = tiny_model_dir(tmp_path)
     direct = export_model(model_dir, tmp_path / "direct", convolutions="direct")
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
+    probes = []
+    probe = winograd._conv_input_sizes
+    monkeypatch.setattr(winograd, "_conv_input_sizes", lambda model, names: probes.append(names) or probe(model, names))
     report = export_model(model_dir, tmp_path / "wino", quantize="int8")
+    assert len(probes) == 1 and len(probes[0]) == 6  # the map sizes found once for both graphs
     assert direct.config["convolutions"] == "direct" and "winograd_convolutions" not in direct.config
     assert report.config["winograd_convolutions"] == {"model.onnx": 6, "model.int8.onnx": 6}
     assert report.parity["float32"]["random_max_abs"] < 2e-5 and report.parity["float32"]["example_max_abs"] < 2e-5

@@ -21,7 +21,7 @@ from typing import Any
 from lavt.data.tokenization import ExpressionTokenizer
 from lavt.errors import LAVTUserError
 from lavt.export.graph import DEFAULT_OPSET, export_graph
-from lavt.export.parity import check_float32, example_scene, measure, parity_inputs
+from lavt.export.parity import check_float32, example_scene, measure, parity_inputs, torch_references
 from lavt.export.quantize import check_method, quantize_dynamic_graph, quantize_static_graph
 from lavt.export.winograd import rewrite_file
 from lavt.hub import write_model_card
@@ -166,12 +166,13 @@ def export_model(
     config["convolutions"] = convolutions
     if convolutions == "winograd":
         # static int8 convolutions read their filters through DequantizeLinear: left as they are
-        names = [*float_graphs.values(), *int8_graphs.values()]
-        config["winograd_convolutions"] = {name: rewrite_file(folder / name) for name in names}
+        names, sizes = [*float_graphs.values(), *int8_graphs.values()], {}
+        config["winograd_convolutions"] = {name: rewrite_file(folder / name, sizes) for name in names}
     _write_config(folder, config)
 
     inputs = parity_inputs(model, size, n_tokens, tokenizer)
-    parity = {"float32": measure(model, OnnxModel(folder, "float32"), inputs)}
+    references = torch_references(model, inputs)
+    parity = {"float32": measure(references, OnnxModel(folder, "float32"), inputs)}
     config["parity"] = parity
     _write_config(folder, config)
     check_float32(parity["float32"], folder)
@@ -181,7 +182,7 @@ def export_model(
         config["precision"] = "int8"
         config["int8_method"] = int8_method
         _write_config(folder, config)
-        parity["int8"] = measure(model, OnnxModel(folder, "int8"), inputs)
+        parity["int8"] = measure(references, OnnxModel(folder, "int8"), inputs)
         _write_config(folder, config)
 
     write_model_card(folder, config["model_config"], kind="onnx", notes=_card_notes(config))

@@ -146,11 +146,14 @@ def _conv_input_sizes(model: Any, names: list[str]) -> dict[str, tuple[int, int]
 
 
 def rewrite_convolutions(model: Any, min_channels: int | None = None,
-                         tile_size: Callable[[tuple[int, int]], int] | None = None) -> int:
+                         tile_size: Callable[[tuple[int, int]], int] | None = None,
+                         sizes: dict[str, tuple[int, int]] | None = None) -> int:
     """Replace, in place, every `Conv` of `model` (an onnx ModelProto) where `winograd_applies`
     by its Winograd subgraph; returns how many were replaced. `min_channels` defaults to torch's
     `MIN_CHANNELS` (read at call time); `tile_size(size)` picks m per map (default: 4 from
-    `ONNX_F4_MIN_SIDE` pixels a side, else 2)."""
+    `ONNX_F4_MIN_SIDE` pixels a side, else 2). `sizes` (input name -> map size) is read and
+    filled: graphs of one export share their convolutions' inputs, so the probing run that
+    finds the sizes is needed once, not once per graph."""
     from onnx import numpy_helper
 
     min_channels = MIN_CHANNELS if min_channels is None else min_channels
@@ -163,7 +166,10 @@ def rewrite_convolutions(model: Any, min_channels: int | None = None,
     targets = [n for n in model.graph.node if winograd_applies(n, weights.get(n.name), min_channels)]
     if not targets:
         return 0
-    sizes = _conv_input_sizes(model, [n.input[0] for n in targets])
+    sizes = {} if sizes is None else sizes
+    unknown = [n.input[0] for n in targets if n.input[0] not in sizes]
+    if unknown:
+        sizes.update(_conv_input_sizes(model, unknown))
     used = {name for n in targets for name in n.input[1:]}
     target_ids = {id(n) for n in targets}
     new_nodes = []
@@ -187,12 +193,12 @@ def rewrite_convolutions(model: Any, min_channels: int | None = None,
     return len(targets)
 
 
-def rewrite_file(path: Path, min_channels: int | None = None) -> int:
+def rewrite_file(path: Path, sizes: dict[str, tuple[int, int]] | None = None) -> int:
     """`rewrite_convolutions` on the graph file at `path`, saved in place when anything changed."""
     import onnx
 
     model = onnx.load(str(path))
-    count = rewrite_convolutions(model, min_channels)
+    count = rewrite_convolutions(model, sizes=sizes)
     if count:
         tmp = path.with_name(path.name + ".tmp")
         onnx.save(model, str(tmp))
