@@ -33,6 +33,19 @@ def _as_bool(mask: Any) -> Any:
     return np.asarray(mask) != 0
 
 
+def batch_intersection_union(preds: Any, gts: Any) -> tuple[list[int], list[int]]:
+    """(I, U) lists of two (E,H,W) stacks of binary masks, counted on their device (numpy or
+    torch) with one transfer of the counts."""
+    p, g = _as_bool(preds), _as_bool(gts)
+    if tuple(p.shape) != tuple(g.shape) or len(p.shape) != 3:
+        raise ValueError(f"expected two (E,H,W) stacks of equal shape, got {tuple(p.shape)} and {tuple(g.shape)}")
+    if isinstance(p, np.ndarray) != isinstance(g, np.ndarray):
+        p, g = _to_numpy(p), _to_numpy(g)
+    inter = (p & g).reshape(p.shape[0], -1).sum(1)
+    union = (p | g).reshape(p.shape[0], -1).sum(1)
+    return inter.tolist(), union.tolist()
+
+
 def intersection_union(pred: Any, gt: Any) -> tuple[int, int]:
     """(I, U) of two binary masks of the same shape; non-zero means foreground, as in
     test.py's `np.logical_and` / `np.logical_or`. Accepts numpy arrays or torch tensors."""
@@ -130,15 +143,7 @@ class ReferringMetrics(_SummedState):
 
     def update_batch(self, preds: Any, gts: Any) -> list[float]:
         """Score a stack of expressions, (E,H,W) each; returns their IoUs in order."""
-        p, g = _as_bool(preds), _as_bool(gts)
-        if tuple(p.shape) != tuple(g.shape) or len(p.shape) != 3:
-            raise ValueError(f"expected two (E,H,W) stacks of equal shape, got {tuple(p.shape)} and {tuple(g.shape)}")
-        if isinstance(p, np.ndarray) != isinstance(g, np.ndarray):
-            p, g = _to_numpy(p), _to_numpy(g)
-        inter = (p & g).reshape(p.shape[0], -1).sum(1)
-        union = (p | g).reshape(p.shape[0], -1).sum(1)
-        inter, union = inter.tolist(), union.tolist()
-        return [self.add(i, u) for i, u in zip(inter, union)]
+        return [self.add(i, u) for i, u in zip(*batch_intersection_union(preds, gts))]
 
     # --- combining shards -------------------------------------------------------------
     def state(self) -> list[float]:

@@ -32,7 +32,7 @@ from lavt.engine.losses import SegmentationLoss
 from lavt.engine.optim import PolyWarmupLR
 from lavt.engine.samplers import to_device
 from lavt.errors import LAVTUserError
-from lavt.metrics import GeneralizedReferringMetrics, ReferringMetrics
+from lavt.metrics import GeneralizedReferringMetrics, ReferringMetrics, batch_intersection_union
 from lavt.models.no_target import decide
 from lavt.precision import autocast
 
@@ -348,8 +348,9 @@ def train_one_epoch(
 def validate(model: nn.Module, loader: DataLoader, env: DistEnv, precision: str = "fp32", progress: bool = False) -> dict[str, float]:
     """oIoU/mIoU/P@t at the training resolution over the loader's items, all processes
     together (sums all-reduced). The official training validation: one expression per object.
-    On a generalised split (items labelled `no_target`) with a model that decides "no target"
-    (head or area rule), also ReLA's gIoU, cIoU, N-acc and T-acc of those decisions."""
+    On a generalised split (items labelled `no_target`) the classic metrics cover the targeted
+    expressions, as `evaluate` reports them, and with a model that decides "no target" (head
+    or area rule) ReLA's gIoU, cIoU, N-acc and T-acc of those decisions are added."""
     net = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     was_training = net.training
     net.eval()
@@ -363,12 +364,16 @@ def validate(model: nn.Module, loader: DataLoader, env: DistEnv, precision: str 
         with autocast(precision, env.device):
             out = forward_batch(net, batch, return_no_target=head)
         logits, nt_logit = out if head else (out, None)
-        preds = logits.argmax(1)
-        metrics.update_batch(preds, batch["mask"])
-        decision = decide(cfg.no_target, cfg.no_target_threshold, preds.bool(), nt_logit) if "no_target" in batch else None
-        if decision is not None:
-            for pred, gt, pred_nt, gt_nt in zip(preds, batch["mask"], decision[0].tolist(), batch["no_target"].tolist()):
-                generalized.update(pred, gt, pred_no_target=pred_nt, gt_no_target=gt_nt)
+        preds = logits.argmax(1).bool()
+        inter, union = batch_intersection_union(preds, batch["mask"])  # once, for both metrics
+        gt_nt = batch["no_target"].tolist() if "no_target" in batch else [False] * len(inter)
+        decision = decide(cfg.no_target, cfg.no_target_threshold, preds, nt_logit) if "no_target" in batch else None
+        pred_nt = decision[0].tolist() if decision is not None else None
+        for k, (i, u) in enumerate(zip(inter, union)):
+            if not gt_nt[k]:
+                metrics.add(i, u)
+            if pred_nt is not None:
+                generalized.add(i, u, pred_no_target=pred_nt[k], gt_no_target=gt_nt[k])
         if bar is not None:
             bar.update(1)
     if bar is not None:

@@ -207,8 +207,8 @@ def _restore(resumed: dict[str, Any], path: Path, step: TrainStep, config: Train
         )
     ckpt_io.restore_rng_state(rngs[env.rank] if env.rank < len(rngs) else rngs[0])
     best = dict(resumed["best"])
-    best.setdefault("metric", "oIoU")  # checkpoints of earlier versions: selected by oIoU
-    best.setdefault("score", best.get("oIoU"))
+    if "score" not in best:  # checkpoints of earlier versions: {"oIoU", "epoch"}, selected by oIoU
+        best = {"metric": "oIoU", "score": best.get("oIoU"), "epoch": best.get("epoch")}
     return int(resumed["epoch"]) + 1, int(resumed["global_step"]), best, list(resumed["history"])
 
 
@@ -287,7 +287,7 @@ def _run(config: TrainConfig, env: DistEnv, callback: Callback | None) -> TrainR
     )
 
     state = RunState(total_steps=total_steps, epochs=config.epochs)
-    start_epoch, best, history = 0, {"metric": None, "score": None, "epoch": None, "oIoU": None}, []
+    start_epoch, best, history = 0, {"metric": None, "score": None, "epoch": None}, []
     if resumed is not None:
         start_epoch, state.global_step, best, history = _restore(resumed, resume_path, step, config, env)
     else:
@@ -346,7 +346,7 @@ def _run(config: TrainConfig, env: DistEnv, callback: Callback | None) -> TrainR
             score = val[metric] if val is not None else None
             improved = val is None or best["score"] is None or score > best["score"]
             if improved:
-                best = {"metric": metric, "score": score, "epoch": epoch + 1, "oIoU": val["oIoU"] if val else None}
+                best = {"metric": metric, "score": score, "epoch": epoch + 1}
             record = {
                 "event": "epoch", "epoch": epoch + 1, "step": state.global_step, "train_loss": stats["train_loss"],
                 "val": val, "best": dict(best), "seconds": time.time() - t_epoch,
