@@ -31,18 +31,18 @@ def test_generalized_demo_prints_the_table_and_marks_no_target(tmp_path, capsys)
     assert m["no_target"] > 0 and m["targeted"] > 0 and m["no_target"] + m["targeted"] == results["scenes"]["expressions"]
     assert results["no_target_rule"] == "head"
     legends = results["overlay_legends"]
-    assert set(legends) == set(results["overlays"]) and all((out / "overlays").glob("*.png"))
+    pngs = list((out / "overlays").glob("*.png"))
+    assert set(legends) == set(results["overlays"]) and len(pngs) == len(results["overlays"]) > 0
     marked = [line for lines in legends.values() for line in lines if "-> no such object" in line]
-    assert marked, legends  # every scene shows a no-target expression where it has one
+    assert marked, legends  # the legends mark the expressions decided to name nothing
     assert any("(right: none there)" in line for line in marked)
 
 
 def test_shipped_head_decides_no_target_on_fresh_scenes(tmp_path):
     results = run_demo(tmp_path / "g", seed=515151, images=24, generalized=True)
     m, empty = results["with_expression"]["metrics"], results["empty_expression"]["metrics"]
-    # Measured on this seed (bf16 where native, 487 expressions, 104 no-target): gIoU 83.19,
-    # N-acc 97.12, T-acc 99.74; empty expressions 17.99 gIoU. The demo's goal is gIoU >= 75 and
-    # N-acc >= 85 on 120 fresh scenes; these bounds sit a few points below the measured.
+    # The demo's goal is gIoU >= 75 and N-acc >= 85 on 120 fresh scenes; these bounds sit a few
+    # points below what the shipped model scores on this seed.
     assert m["no_target"] >= 50, m
     assert m["N-acc"] >= 90.0 and m["T-acc"] >= 95.0, m
     assert m["gIoU"] >= 78.0, m

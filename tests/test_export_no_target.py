@@ -30,6 +30,12 @@ def _saved(tmp_path, name, **config):
     torch.manual_seed(0)
     model = randomise(LAVT(tiny_config(max_tokens=12, **config))).eval()
     tok = ExpressionTokenizer(default_text_encoder_dir(), max_tokens=12)
+    if config.get("no_target") == "area":  # the threshold set between the two smallest mask shares: both answers occur
+        p = Predictor(model, tok)
+        _, ids, mask = p.tokenize(TEXTS)
+        shares = p.predict_logits(p.preprocess(_image())[0], ids, mask).argmax(1).float().mean((1, 2)).sort().values
+        assert shares[0] < shares[1], shares
+        model.config.no_target_threshold = float(shares[:2].mean())
     if config.get("no_target") == "head":  # the head's bias set between its two lowest logits: both answers occur
         p = np.array([r.no_target_probability for r in Predictor(model, tok).predict(_image(), TEXTS)])
         low = np.sort(np.log(p / (1 - p)))[:2]
@@ -75,13 +81,15 @@ def _feeds():
 
 
 def test_area_rule_decides_as_torch(tmp_path):
-    saved = _saved(tmp_path, "area", no_target="area", no_target_threshold=0.3)
+    saved = _saved(tmp_path, "area", no_target="area")
     report = export_model(saved, tmp_path / "onnx")
     assert "no_target_head_probability" not in report.config
     assert [o.name for o in onnx.load(str(report.folder / "model.onnx")).graph.output] == ["logits"]
     torch_side = Predictor.from_pretrained(saved).predict(_image(), TEXTS)
     onnx_side = OnnxPredictor(report.folder).predict(_image(), TEXTS)
     assert all(r.no_target is not None and r.no_target_probability is None for r in onnx_side)
+    decided = [r.no_target for r in torch_side]
+    assert True in decided and False in decided, decided  # the comparison covers both answers
     _same_decisions(torch_side, onnx_side)
 
 

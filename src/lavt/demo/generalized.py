@@ -63,10 +63,11 @@ def evaluate_generalized_scenes(
 def _picks(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Up to PER_SCENE predictions of a scene, showing a no-target and a multi-target
     expression where the scene has them."""
-    order = sorted(found, key=lambda p: (not p["gt_no_target"], p["kind"] != "multi"))
-    firsts = [p for k, p in enumerate(order) if k == 0 or (p["kind"] == "multi" and order[k - 1]["kind"] != "multi")]
-    rest = [p for p in found if p not in firsts]
-    return (firsts + rest)[:PER_SCENE]
+    none = next((p for p in found if p["gt_no_target"]), None)
+    multi = next((p for p in found if p["kind"] == "multi" and p is not none), None)
+    firsts = [p for p in (none, multi) if p is not None]
+    # by identity: the dicts hold mask arrays, which `in` would compare by value
+    return (firsts + [p for p in found if all(p is not f for f in firsts)])[:PER_SCENE]
 
 
 def _legend_line(p: dict[str, Any]) -> str:

@@ -19,7 +19,7 @@ from lavt.data.grefcoco import open_refer
 from lavt.data.synthref import generate
 from lavt.data.synthref.aerial import DATASET as AERIAL_DATASET
 from lavt.data.synthref.aerial import generate_aerial
-from lavt.data.synthref.language_generalized import GDATASET, generate_generalized
+from lavt.data.synthref.language_generalized import generate_generalized
 from lavt.data.transforms import image_to_tensor, mask_to_tensor
 
 SCENE_SIZE = (128, 192)  # (height, width) of the generated scenes, training and evaluation
@@ -82,9 +82,9 @@ def generate_generalized_scenes(folder: Path, seed: int, images: int, train_only
 
 def load_scenes(root: str | Path, split: str | None, size: int, dataset: str = "synthref", split_by: str = "unc") -> SceneSet:
     """Read a refer-format split (None = every split) into memory at `size` x `size`; a
-    gRefCOCO-layout dataset (GDATASET) also gives each ref's no-target flag."""
+    gRefCOCO-layout dataset (GDATASET, grefcoco) also gives each ref's no-target flag."""
     refer = open_refer(root, dataset, split_by)
-    generalized = dataset == GDATASET
+    generalized = getattr(refer, "generalized", False)  # a gRefCOCO-layout reader
     ref_ids = refer.ref_ids(split)
     index: dict[int, int] = {}
     image_of_ref, masks, orig, exprs, no_target = [], [], [], [], []
