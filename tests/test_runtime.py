@@ -95,6 +95,9 @@ def test_tokenizer_ids_equal_the_torch_side(exported, tokens):
     np.testing.assert_array_equal(mask, ref_mask.numpy())
     assert [ours.is_truncated(t) for t in EXPRESSIONS] == [ref.is_truncated(t) for t in EXPRESSIONS]
     assert any(ours.is_truncated(t) for t in EXPRESSIONS)  # the long one loses its [SEP], as officially
+    # the flags the predictors warn from come out of the same encoding pass as the ids
+    flags = [ref.is_truncated(t) for t in EXPRESSIONS]
+    assert ours(EXPRESSIONS, return_truncated=True)[2] == ref(EXPRESSIONS, return_truncated=True)[2] == flags
     assert ours.vocab_size == ref.vocab_size == 30522
 
 

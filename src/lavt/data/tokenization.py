@@ -93,21 +93,22 @@ class ExpressionTokenizer:
         """True when the official cut drops ids of `text` (then [SEP] is lost too)."""
         return len(self.token_ids(text)) > self.max_tokens
 
-    def __call__(self, texts: str | list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Expressions -> (input_ids, attention_mask), int64 tensors of shape (B, max_tokens)."""
+    def __call__(self, texts: str | list[str], return_truncated: bool = False) -> Any:
+        """Expressions -> (input_ids, attention_mask), int64 tensors of shape (B, max_tokens);
+        with `return_truncated`, also a list of which ones the cut shortened (from the same
+        encoding: no second pass)."""
         if isinstance(texts, str):
             texts = [texts]
         texts = list(texts)
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise LAVTUserError(f"expression {i} must be a string, got {type(text).__name__}")
-        if not texts:
-            empty = torch.zeros((0, self.max_tokens), dtype=torch.int64)
-            return empty, empty.clone()
-        encoded = self._backend([_SURROGATES.sub("\ufffd", t) for t in texts], add_special_tokens=True)["input_ids"]
+        encoded = self._backend([_SURROGATES.sub("\ufffd", t) for t in texts], add_special_tokens=True)["input_ids"] if texts else []
         rows = [self._cut_and_pad(list(ids)) for ids in encoded]
-        input_ids = torch.tensor([r[0] for r in rows], dtype=torch.int64)
-        attention_mask = torch.tensor([r[1] for r in rows], dtype=torch.int64)
+        input_ids = torch.tensor([r[0] for r in rows], dtype=torch.int64).reshape(len(rows), self.max_tokens)
+        attention_mask = torch.tensor([r[1] for r in rows], dtype=torch.int64).reshape(len(rows), self.max_tokens)
+        if return_truncated:
+            return input_ids, attention_mask, [len(ids) > self.max_tokens for ids in encoded]
         return input_ids, attention_mask
 
     def config(self) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from lavt.images import ImageInput, load_image
 from lavt.loading import default_tokenizer, load_model
 from lavt.models.no_target import decide
 from lavt.precision import PRECISIONS, autocast
-from lavt.runtime.prediction import Prediction, check_expressions
+from lavt.runtime.prediction import Prediction, tokenize_expressions
 
 __all__ = ["ImageInput", "Prediction", "Predictor", "load_image"]
 
@@ -74,9 +74,8 @@ class Predictor:
         return tensor, (pil.height, pil.width)
 
     def tokenize(self, expressions: str | Sequence[str]) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-        expressions = check_expressions(expressions, self.tokenizer)
-        ids, mask = self.tokenizer(expressions)
-        return expressions, ids.to(self.device), mask.to(self.device)
+        texts, ids, mask = tokenize_expressions(expressions, self.tokenizer)
+        return texts, ids.to(self.device), mask.to(self.device)
 
     @torch.inference_mode()
     def predict_logits(

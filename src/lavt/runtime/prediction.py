@@ -37,22 +37,33 @@ class Prediction:
         return int(self.mask.sum())
 
 
-def check_expressions(expressions: str | Sequence[str], tokenizer: Any) -> list[str]:
-    """The expressions as a list, refused when there are none or one is empty; one warning per
-    expression longer than the model's tokens (`tokenizer.is_truncated`), which is cut as in
-    training. Shared by the torch `Predictor` and the runtime's `OnnxPredictor`."""
+def check_expressions(expressions: str | Sequence[str]) -> list[str]:
+    """The expressions as a list, refused when there are none or one is empty. Shared by the
+    torch `Predictor` and the runtime's `OnnxPredictor`."""
     texts = [expressions] if isinstance(expressions, str) else list(expressions)
     if not texts:
         raise LAVTUserError("no expressions given: give at least one, e.g. 'the red car'")
     for i, text in enumerate(texts):
         if not isinstance(text, str) or not text.strip():
             raise LAVTUserError(f"expression {i + 1} is empty; describe the object to segment, e.g. 'the red car'")
-        if tokenizer.is_truncated(text):
-            warnings.warn(
-                f"expression {i + 1} is longer than {tokenizer.max_tokens} tokens and was cut (as in training): {text[:60]!r}...",
-                stacklevel=4,
-            )
     return texts
+
+
+def truncation_notes(texts: Sequence[str], truncated: Sequence[bool], max_tokens: int) -> list[str]:
+    """One line per expression the tokenizer cut (its `return_truncated` flags): longer than
+    the model's tokens, cut as in training."""
+    return [f"expression {i + 1} is longer than {max_tokens} tokens and was cut (as in training): {text[:60]!r}"
+            for i, (text, cut) in enumerate(zip(texts, truncated)) if cut]
+
+
+def tokenize_expressions(expressions: str | Sequence[str], tokenizer: Any) -> tuple[list[str], Any, Any]:
+    """`check_expressions`, then the ids and mask in one tokenizer pass, with one warning per
+    expression that was cut. Shared by the torch `Predictor` and the runtime's `OnnxPredictor`."""
+    texts = check_expressions(expressions)
+    ids, mask, truncated = tokenizer(texts, return_truncated=True)
+    for note in truncation_notes(texts, truncated, tokenizer.max_tokens):
+        warnings.warn(note + "...", stacklevel=4)
+    return texts, ids, mask
 
 
 def _axis_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

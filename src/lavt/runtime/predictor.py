@@ -17,7 +17,7 @@ import numpy as np
 
 from lavt.errors import LAVTUserError
 from lavt.images import ImageInput, image_to_array, load_image
-from lavt.runtime.prediction import Prediction, check_expressions, logits_to_predictions, no_target_decisions
+from lavt.runtime.prediction import Prediction, logits_to_predictions, no_target_decisions, tokenize_expressions
 from lavt.runtime.session import OnnxModel
 from lavt.runtime.tokenizer import ExportedTokenizer
 
@@ -60,9 +60,7 @@ class OnnxPredictor:
         return image_to_array(pil, self.image_size, self.mean, self.std)[None], (pil.height, pil.width)
 
     def tokenize(self, expressions: str | Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
-        expressions = check_expressions(expressions, self.tokenizer)
-        ids, mask = self.tokenizer(expressions)
-        return expressions, ids, mask
+        return tokenize_expressions(expressions, self.tokenizer)
 
     def _text_features(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Features of each row, computed once per distinct ids and kept (split exports)."""

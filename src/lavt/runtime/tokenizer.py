@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -48,7 +49,9 @@ class ExportedTokenizer:
     def is_truncated(self, text: str) -> bool:
         return len(self.token_ids(text)) > self.max_tokens
 
-    def __call__(self, texts: str | Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, texts: str | Sequence[str], return_truncated: bool = False) -> Any:
+        """Expressions -> (ids, mask) int64 arrays (B, max_tokens), cut and padded the official
+        way; with `return_truncated`, also which ones the cut shortened (same encoding pass)."""
         if isinstance(texts, str):
             texts = [texts]
         texts = list(texts)
@@ -58,8 +61,10 @@ class ExportedTokenizer:
         ids = np.zeros((len(texts), self.max_tokens), dtype=np.int64)
         mask = np.zeros_like(ids)
         clean = [_SURROGATES.sub("\ufffd", t) for t in texts]
+        truncated = []
         for row, enc in enumerate(self._backend.encode_batch(clean, add_special_tokens=True) if texts else []):
             kept = enc.ids[: self.max_tokens]
             ids[row, : len(kept)] = kept
             mask[row, : len(kept)] = 1
-        return ids, mask
+            truncated.append(len(enc.ids) > self.max_tokens)
+        return (ids, mask, truncated) if return_truncated else (ids, mask)

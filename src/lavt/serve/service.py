@@ -26,6 +26,7 @@ from lavt.demo import shipped_model_dir
 from lavt.errors import LAVTUserError
 from lavt.inference import Predictor
 from lavt.models.config import SWIN_PRESETS
+from lavt.runtime.prediction import truncation_notes
 from lavt.serve.limits import Gate, Limits, RequestRejected, read_image, split_expressions
 from lavt.visualize import mask_image
 
@@ -133,23 +134,17 @@ class SegmentService:
         finally:
             self.gate.leave()
 
-    def truncation_warnings(self, expressions: list[str]) -> list[str]:
-        tok = self.predictor.tokenizer
-        return [
-            f"expression {i + 1} is longer than {tok.max_tokens} tokens and was cut (as in training): {text[:60]!r}"
-            for i, text in enumerate(expressions) if tok.is_truncated(text)
-        ]
-
     @torch.inference_mode()
     def predict(self, image: Image.Image, expressions: list[str], preview: bool = False) -> Segmentation:
         """One batched forward for every expression; runs on a model thread (see `Gate`)."""
         start = time.perf_counter()
         p = self.predictor
-        notes = self.truncation_warnings(expressions)
         # The tokenizer directly, not `Predictor.tokenize`: the expressions are checked already
         # and a cut is reported in the answer, not as a warning in the server's log.
         texts = list(expressions)
-        ids, attention = (t.to(p.device) for t in p.tokenizer(texts))
+        ids, attention, truncated = p.tokenizer(texts, return_truncated=True)
+        ids, attention = ids.to(p.device), attention.to(p.device)
+        notes = truncation_notes(texts, truncated, p.tokenizer.max_tokens)
         tensor, (h, w) = p.preprocess(image)
         logits, decisions = p.logits_and_decisions(tensor, ids, attention)  # (E, 2, S, S) float32
         masks, scores = [], []
