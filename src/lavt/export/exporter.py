@@ -6,8 +6,8 @@ Written: the graphs (see `lavt.runtime.folder` for the layout), `config.json`, t
 traces; the int8 graphs quantised from them; then the wide 3x3 convolutions still in float32
 rewritten as Winograd (`winograd.py`; int8 Winograd products lose the logits, so the
 quantiser never sees them). After writing, the graphs are run against the torch model
-(random inputs and a generated scene); float32 graphs further than 1e-4 from torch on the
-logits fail the export.
+(random inputs and a generated scene); float32 graphs further from torch on the logits than
+`parity.tolerance` allows fail the export.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from typing import Any
 
 from lavt.data.tokenization import ExpressionTokenizer
 from lavt.errors import LAVTUserError
-from lavt.export.graph import DEFAULT_OPSET, export_graph
+from lavt.export.graph import DEFAULT_OPSET, export_graph, has_head
 from lavt.export.parity import check_float32, example_scene, measure, parity_inputs, torch_references
 from lavt.export.quantize import check_method, quantize_dynamic_graph, quantize_static_graph
 from lavt.export.winograd import rewrite_file
@@ -149,12 +149,11 @@ def export_model(
         "source": str(loaded.source),
         "model_config": model.config.to_dict(),
     }
-    if model.config.no_target == "head":  # the runtime's decision rule (the graphs output the head's logit)
+    if has_head(model):  # the runtime's decision rule (the graphs output the head's logit)
         config["no_target_head_probability"] = HEAD_PROBABILITY
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
         tokenizer.save_tokenizer_json(folder / TOKENIZER_NAME)
-    _write_config(folder, config)
 
     int8_graphs = {part: GRAPH_NAMES["int8"][part] for part in graph_parts} if quantize == "int8" else {}
     for part, name in int8_graphs.items():  # from the plain float32 traces

@@ -25,8 +25,8 @@ import numpy as np
 
 from lavt.ops.winograd import MATRICES, MIN_CHANNELS
 
-# F(4x4) on maps of at least this side, F(2x2) below. Unlike torch's threshold, in
-# onnxruntime F(4x4) is already the faster of the two on the paper's 30x30 map.
+# F(4x4) on maps of at least this side, F(2x2) below: lower than torch's threshold, because in
+# onnxruntime F(4x4) wins on smaller maps already (BENCHMARKS.md, "Winograd in the exported graph").
 ONNX_F4_MIN_SIDE = 8
 
 

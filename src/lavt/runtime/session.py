@@ -84,12 +84,9 @@ class OnnxModel:
         return self.sessions["text"].run(["text_features"], feeds)[0]
 
     def _run(self, part: str, feeds: dict[str, np.ndarray], return_no_target: bool) -> Any:
-        if not return_no_target:
-            return self.sessions[part].run(["logits"], feeds)[0]
-        if not self.has_no_target_head:
-            return self.sessions[part].run(["logits"], feeds)[0], None
-        logits, no_target = self.sessions[part].run(["logits", "no_target_logit"], feeds)
-        return logits, no_target
+        head = return_no_target and self.has_no_target_head
+        out = self.sessions[part].run(["logits", "no_target_logit"] if head else ["logits"], feeds)
+        return (out[0], out[1] if head else None) if return_no_target else out[0]
 
     def logits_from_features(self, image: np.ndarray, text_features: np.ndarray, text_mask: np.ndarray,
                              return_no_target: bool = False) -> Any:
