@@ -32,7 +32,7 @@ from lavt.demo.trainer import train_demo
 from lavt.demo.warmstart import check_recipe
 from lavt.engine.report import metrics_table
 from lavt.errors import LAVTUserError
-from lavt.runtime.folder import is_export_folder
+from lavt.runtime.folder import refuse_export_folder
 from lavt.visualize import plot_training
 
 EVAL_SEED = 20261127  # fresh scenes: the shipped model was trained on data seeds 0-7
@@ -94,11 +94,8 @@ def run_demo(
     """Evaluate a demo model (default: the shipped one) on fresh scenes (generalised ones with
     `generalized`); copy it to out/model."""
     source = Path(model) if model else shipped_model_dir()
-    if is_export_folder(source):  # the demo's scoring feeds the text encoder's features to the model
-        raise LAVTUserError(
-            f"--model {source} is an exported (ONNX) folder; lavt demo scores torch models. Score the export with "
-            f"lavt evaluate -c {source} on a generated set (lavt data synth), or give the folder it was exported from"
-        )
+    refuse_export_folder(source, "--model", f"and lavt demo feeds its model text features (score the export with "
+                         f"lavt evaluate -c {source} on a generated set, lavt data synth)")
     out.mkdir(parents=True, exist_ok=True)
     if generalized:
         results = evaluate_generalized_demo(source, out, seed, images, precision)

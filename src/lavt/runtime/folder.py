@@ -42,12 +42,12 @@ def is_export_folder(path: str | Path) -> bool:
     return isinstance(raw, dict) and raw.get("model_type") == MODEL_TYPE
 
 
-def refuse_export_folder(path: str | Path, flag: str) -> None:
-    """One clear error where torch weights are needed (training, warm starts) and `path` is an
-    exported folder, whose graphs hold no trainable weights."""
+def refuse_export_folder(path: str | Path, flag: str, why: str = "they hold no trainable weights") -> None:
+    """One clear error where torch weights are needed (training, warm starts, the demo's
+    scorer) and `path` is an exported folder; `why` says what the graphs lack there."""
     if Path(path).is_dir() and is_export_folder(path):
-        raise LAVTUserError(f"{flag} {path} is an exported (ONNX) folder: its graphs are for inference, they hold no "
-                            "trainable weights; give the model folder it was exported from")
+        raise LAVTUserError(f"{flag} {path} is an exported (ONNX) folder: its graphs are for inference, {why}; "
+                            "give the model folder it was exported from")
 
 
 def read_export_config(folder: str | Path) -> dict[str, Any]:
