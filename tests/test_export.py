@@ -274,3 +274,23 @@ def test_an_exported_folder_where_torch_weights_are_needed(onnx_root, tmp_path, 
         assert main(argv) == 2
         one_error_line(capsys.readouterr().err, phrase)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("parts", ["full", "split"])
+def test_static_int8_calibrates_every_graph(onnx_root, parts):
+    """`--int8-method static`: QDQ graphs calibrated on generated scenes (the convolutions
+    quantised too, so the Winograd pass leaves them alone), run by the runtime by default."""
+    folder = tiny_export(onnx_root, quantize="int8", int8_method="static", parts=parts)
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["precision"] == "int8" and cfg["int8_method"] == "static"
+    for name in cfg["graphs"]["int8"].values():
+        graph = onnx.load(str(folder / name)).graph
+        ops = [n.op_type for n in graph.node]
+        assert ops.count("QuantizeLinear") > 0 and ops.count("DequantizeLinear") > 0, name
+        if name != "text_encoder.int8.onnx":  # the vision side's convolutions read quantised filters
+            produced = {o: n.op_type for n in graph.node for o in n.output}
+            convs = [n for n in graph.node if n.op_type == "Conv"]
+            assert convs and all(produced.get(n.input[1]) == "DequantizeLinear" for n in convs), name
+    assert 0 < cfg["parity"]["int8"]["random_max_abs"] < 1.0
+    result = OnnxPredictor(folder).predict(_scene(), ["the red square"])[0]
+    assert result.mask.shape == (61, 83)

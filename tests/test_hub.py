@@ -56,6 +56,12 @@ def test_hub_ids_parse():
     assert parse_hub_id("runs/refcoco.pth") is None and parse_hub_id("../x") is None
 
 
+def _assert_same_weights(a: LAVT, b: LAVT) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()  # zip alone would stop at the shorter one
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
 def test_cached_ids_load_offline_and_local_paths_win(onnx_root, offline_cache, tmp_path, monkeypatch):
     saved = tiny_model_dir(onnx_root)
     snap = _cache_repo(offline_cache, "someorg/lavt-tiny", saved)
@@ -63,7 +69,7 @@ def test_cached_ids_load_offline_and_local_paths_win(onnx_root, offline_cache, t
     assert resolve_source(f"someorg/lavt-tiny@{COMMIT}") == snap
     model = LAVT.from_pretrained("someorg/lavt-tiny@main")
     ref = LAVT.from_pretrained(saved)
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), ref.state_dict().values()))
+    _assert_same_weights(model, ref)
     scene = np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)
     hub_pred = Predictor.from_pretrained("someorg/lavt-tiny").predict(scene, "the red one")[0]
     assert np.array_equal(hub_pred.mask, Predictor.from_pretrained(saved).predict(scene, "the red one")[0].mask)
@@ -72,7 +78,7 @@ def test_cached_ids_load_offline_and_local_paths_win(onnx_root, offline_cache, t
     monkeypatch.chdir(tmp_path)
     shutil.copytree(other, tmp_path / "someorg" / "lavt-tiny")
     local = LAVT.from_pretrained("someorg/lavt-tiny")
-    assert all(torch.equal(a, b) for a, b in zip(local.state_dict().values(), LAVT.from_pretrained(other).state_dict().values()))
+    _assert_same_weights(local, LAVT.from_pretrained(other))
 
 
 def test_exported_folder_by_hub_id_in_cli_and_runtime(onnx_root, offline_cache, tmp_path, capsys):

@@ -156,10 +156,10 @@ def export_model(
         tokenizer.save_tokenizer_json(folder / TOKENIZER_NAME)
 
     int8_graphs = {part: GRAPH_NAMES["int8"][part] for part in graph_parts} if quantize == "int8" else {}
+    calibration = _scene_feeds(model, tuple(int8_graphs), size, n_tokens, tokenizer) if int8_graphs and int8_method == "static" else {}
     for part, name in int8_graphs.items():  # from the plain float32 traces
         if int8_method == "static":
-            feeds = _scene_feeds(model, part, size, n_tokens, tokenizer)
-            quantize_static_graph(folder / float_graphs[part], folder / name, feeds)
+            quantize_static_graph(folder / float_graphs[part], folder / name, calibration[part])
         else:
             quantize_dynamic_graph(folder / float_graphs[part], folder / name)
     config["convolutions"] = convolutions
@@ -213,30 +213,31 @@ def _card_notes(config: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _scene_feeds(model: LAVT, part: str, size: tuple[int, int], tokens: int, tokenizer: ExpressionTokenizer | None,
-                 count: int = 8) -> list[dict[str, Any]]:
-    """Calibration feeds for static int8: generated scenes with written expressions."""
+def _scene_feeds(model: LAVT, parts: tuple[str, ...], size: tuple[int, int], tokens: int, tokenizer: ExpressionTokenizer | None,
+                 count: int = 8) -> dict[str, list[dict[str, Any]]]:
+    """Calibration feeds for static int8, per graph part: generated scenes with written
+    expressions, built once for all parts; text features only for the vision graph."""
     import numpy as np
     import torch
 
     words = ["the large red circle", "the small blue square on the right", "the green star left of the ring",
              "the leftmost triangle", "the yellow cross", "the purple ring at the top", "the orange shape", "the lower circle"]
-    feeds = []
+    feeds: dict[str, list[dict[str, Any]]] = {part: [] for part in parts}
     for i in range(count):
         image = image_to_array(example_scene(size, seed=100 + i), size)[None]
         if tokenizer is not None:
             ids, mask = (t.numpy() for t in tokenizer([words[i % len(words)]]))
-            with torch.no_grad():
-                feats = model.encode_text(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
         else:
-            g = np.random.default_rng(i)
-            mask = np.ones((1, tokens), dtype=np.int64)
-            feats = g.standard_normal((1, mask.shape[1], model.config.text_dim)).astype(np.float32)
-            ids = None
-        if part == "full":
-            feeds.append({"image": image, "input_ids": ids, "attention_mask": mask})
-        elif part == "text":
-            feeds.append({"input_ids": ids, "attention_mask": mask})
-        else:
-            feeds.append({"image": image, "text_features": feats, "text_mask": mask})
+            ids, mask = None, np.ones((1, tokens), dtype=np.int64)
+        if "full" in feeds:
+            feeds["full"].append({"image": image, "input_ids": ids, "attention_mask": mask})
+        if "text" in feeds:
+            feeds["text"].append({"input_ids": ids, "attention_mask": mask})
+        if "vision" in feeds:
+            if ids is not None:
+                with torch.no_grad():
+                    feats = model.encode_text(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+            else:
+                feats = np.random.default_rng(i).standard_normal((1, tokens, model.config.text_dim)).astype(np.float32)
+            feeds["vision"].append({"image": image, "text_features": feats, "text_mask": mask})
     return feeds
