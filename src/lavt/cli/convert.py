@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 from lavt.errors import LAVTUserError
@@ -44,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     # Imported here, not at the top, so `lavt --help` does not load torch and transformers.
     from lavt.data.tokenization import ExpressionTokenizer
+    from lavt.engine.checkpoint import save_model_folder
     from lavt.engine.config import check_writable
     from lavt.models import default_text_encoder_dir, load_official
 
@@ -56,16 +56,9 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = None
     if model.text_encoder is not None:
         tokenizer = ExpressionTokenizer(args.vocab or default_text_encoder_dir(), max_tokens=model.config.max_tokens)
-    # Written beside the target and renamed at the end: a failed conversion leaves no half folder.
-    tmp = args.out_dir.with_name(f".{args.out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        model.save_pretrained(tmp, tokenizer=tokenizer)
-        if args.out_dir.exists():
-            args.out_dir.rmdir()
-        tmp.rename(args.out_dir)
+    try:  # written beside the target and swapped in: a failed conversion leaves no half folder
+        save_model_folder(model, args.out_dir, tokenizer)
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise LAVTUserError(f"could not write {args.out_dir} ({exc.strerror or exc}); nothing was kept: free some space or choose "
                             "another folder") from exc
     c = model.config

@@ -164,6 +164,9 @@ def save_model_folder(model: torch.nn.Module, folder: str | Path, tokenizer: Any
         config.use_checkpoint = False
     try:
         model.save_pretrained(tmp, tokenizer=tokenizer)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed write (a full disk) keeps no half folder
+        raise
     finally:
         if checkpointing:
             config.use_checkpoint = True
