@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -110,24 +111,49 @@ def draw_overlays(
     return written
 
 
+@dataclass
+class DemoScores:
+    """A demo model scored on fresh scenes, with and without the expressions."""
+
+    model: Any
+    data: Path  # the scenes' refer-format root
+    scenes: SceneSet
+    with_text: dict[str, Any]
+    no_text: dict[str, Any]
+    seconds: float
+    overlays: list[tuple[Path, list[str]]]
+
+
+def score_demo(model_dir: Path, out: Path, make_scenes: Callable[[Path], Path], dataset: str, score: Callable[..., dict[str, Any]],
+               draw: Callable[..., list[tuple[Path, list[str]]]], precision: str) -> DemoScores:
+    """The demo's scoring, classic or generalised (`make_scenes` writes the scenes under a
+    folder, `score` scores them, `draw` draws the overlays): the model loaded once, the scenes
+    scored with and without their expressions, overlays in `out/overlays`."""
+    loaded = load_model(model_dir)
+    model, tokenizer = loaded.model, loaded.tokenizer or default_tokenizer(loaded.model)
+    data = make_scenes(out / "scenes")
+    scenes = load_scenes(data, None, model.config.image_size, dataset=dataset)
+    texts = TextCache(model, tokenizer)
+    t0 = time.perf_counter()
+    with_text = score(model, texts, scenes, precision=precision, keep_predictions=True)
+    no_text = score(model, texts, scenes, empty_text=True, precision=precision)
+    seconds = time.perf_counter() - t0
+    overlays = draw(scenes, with_text.pop("predictions"), out / "overlays")
+    return DemoScores(model, data, scenes, with_text, no_text, seconds, overlays)
+
+
 def evaluate_demo(model_dir: Path, out: Path, seed: int, images: int, precision: str = "auto", style: str = "synthref") -> dict[str, Any]:
     """Score a demo model on `images` fresh scenes of `seed` (of `style`), with and without the
     expressions; writes the scenes to `out/scenes` and overlays to `out/overlays`."""
-    loaded = load_model(model_dir)
-    model, tokenizer = loaded.model, loaded.tokenizer or default_tokenizer(loaded.model)
-    data = generate_scenes(out / "scenes", seed, images, style=style)
-    scenes = load_scenes(data, None, model.config.image_size, dataset=scene_dataset(style))
-    texts = TextCache(model, tokenizer)
-    t0 = time.perf_counter()
-    with_text = evaluate_scenes(model, texts, scenes, precision=precision, keep_predictions=True)
-    no_text = evaluate_scenes(model, texts, scenes, empty_text=True, precision=precision)
-    seconds = time.perf_counter() - t0
-    overlays = draw_overlays(scenes, with_text.pop("predictions"), out / "overlays")
+    r = score_demo(model_dir, out, lambda folder: generate_scenes(folder, seed, images, style=style), scene_dataset(style),
+                   evaluate_scenes, draw_overlays, precision)
+    size = r.model.config.image_size
     return {
-        "scenes": {"root": str(data), "style": style, "seed": seed, "images": len(scenes.image_files), "expressions": with_text["count"]},
-        "with_expression": with_text,
-        "empty_expression": no_text,
-        "protocol": f"official: masks at {model.config.image_size}x{model.config.image_size}, every expression",
-        "eval_seconds": round(seconds, 2),
-        "overlays": [str(p) for p, _ in overlays],
+        "scenes": {"root": str(r.data), "style": style, "seed": seed, "images": len(r.scenes.image_files),
+                   "expressions": r.with_text["count"]},
+        "with_expression": r.with_text,
+        "empty_expression": r.no_text,
+        "protocol": f"official: masks at {size}x{size}, every expression",
+        "eval_seconds": round(r.seconds, 2),
+        "overlays": [str(p) for p, _ in r.overlays],
     }

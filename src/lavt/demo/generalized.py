@@ -6,17 +6,15 @@ without one (`none`) predicts a target for every expression.
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from lavt.data.synthref.language_generalized import GDATASET
-from lavt.demo.evaluate import OVERLAYS, PER_SCENE, draw_overlays, scored_groups
-from lavt.demo.scenes import SceneSet, TextCache, generate_generalized_scenes, load_scenes
+from lavt.demo.evaluate import OVERLAYS, PER_SCENE, draw_overlays, score_demo, scored_groups
+from lavt.demo.scenes import SceneSet, TextCache, generate_generalized_scenes
 from lavt.engine.report import GENERALIZED_KEYS, metrics_table
-from lavt.loading import default_tokenizer, load_model
 from lavt.metrics import GeneralizedReferringMetrics, ReferringMetrics
 
 NO_SUCH_OBJECT = "no such object"
@@ -92,27 +90,19 @@ def draw_generalized_overlays(
 def evaluate_generalized_demo(model_dir: Path, out: Path, seed: int, images: int, precision: str = "auto") -> dict[str, Any]:
     """Score a demo model on `images` fresh generalised scenes of `seed`, with and without the
     expressions; writes the scenes to `out/scenes` and overlays to `out/overlays`."""
-    loaded = load_model(model_dir)
-    model, tokenizer = loaded.model, loaded.tokenizer or default_tokenizer(loaded.model)
-    data = generate_generalized_scenes(out / "scenes", seed, images)
-    scenes = load_scenes(data, None, model.config.image_size, dataset=GDATASET)
-    texts = TextCache(model, tokenizer)
-    t0 = time.perf_counter()
-    with_text = evaluate_generalized_scenes(model, texts, scenes, precision=precision, keep_predictions=True)
-    no_text = evaluate_generalized_scenes(model, texts, scenes, empty_text=True, precision=precision)
-    seconds = time.perf_counter() - t0
-    overlays = draw_generalized_overlays(scenes, with_text.pop("predictions"), out / "overlays")
-    m = with_text["metrics"]
+    r = score_demo(model_dir, out, lambda folder: generate_generalized_scenes(folder, seed, images), GDATASET,
+                   evaluate_generalized_scenes, draw_generalized_overlays, precision)
+    m, size = r.with_text["metrics"], r.model.config.image_size
     return {
-        "scenes": {"root": str(data), "dataset": GDATASET, "seed": seed, "images": len(scenes.image_files),
-                   "expressions": with_text["count"], "no_target": m["no_target"], "targeted": m["targeted"]},
-        "no_target_rule": model.config.no_target,
-        "with_expression": with_text,
-        "empty_expression": no_text,
-        "protocol": f"official: masks at {model.config.image_size}x{model.config.image_size}, every expression; generalised metrics",
-        "eval_seconds": round(seconds, 2),
-        "overlays": [str(p) for p, _ in overlays],
-        "overlay_legends": {str(p): lines for p, lines in overlays},
+        "scenes": {"root": str(r.data), "dataset": GDATASET, "seed": seed, "images": len(r.scenes.image_files),
+                   "expressions": r.with_text["count"], "no_target": m["no_target"], "targeted": m["targeted"]},
+        "no_target_rule": r.model.config.no_target,
+        "with_expression": r.with_text,
+        "empty_expression": r.no_text,
+        "protocol": f"official: masks at {size}x{size}, every expression; generalised metrics",
+        "eval_seconds": round(r.seconds, 2),
+        "overlays": [str(p) for p, _ in r.overlays],
+        "overlay_legends": {str(p): lines for p, lines in r.overlays},
     }
 
 
